@@ -1,0 +1,133 @@
+"""`rmsprop`: the complete optimizer, every framework's variant behind one set of flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from rmsprop_optax._transform import Scalar, ScalarOrSchedule, _Config, build, validate
+from rmsprop_optax._validation import is_static_zero
+
+
+def rmsprop(
+    learning_rate: ScalarOrSchedule,
+    decay: ScalarOrSchedule = 0.9,
+    eps: ScalarOrSchedule = 1e-8,
+    *,
+    eps_in_sqrt: bool = True,
+    initial_scale: Scalar = 0.0,
+    centered: bool = False,
+    momentum: ScalarOrSchedule | None = None,
+    nesterov: bool = False,
+    lr_in_momentum: bool = True,
+    bias_correction: bool = False,
+    weight_decay: ScalarOrSchedule = 0.0,
+    decoupled_weight_decay: bool = False,
+    weight_decay_mask: Any = None,
+    maximize: bool = False,
+    nu_dtype: Any = None,
+    momentum_dtype: Any = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
+) -> optax.GradientTransformation:
+  r"""RMSProp: gradient steps divided by the root of a leaky average of squared gradients.
+
+  Each coordinate gets its own step size from :math:`v`, an exponentially weighted average
+  of its squared gradients that remembers about :math:`1 / (1 - \rho)` steps. With
+  :math:`\eta_t` the learning rate at step :math:`t` and :math:`\mu` the momentum:
+
+  .. math::
+
+    g_t &\leftarrow \pm g_t + \lambda\, p_{t-1}
+        \quad\text{(sign: maximize; } \lambda \text{: coupled weight decay)} \\
+    v_t &= \rho\, v_{t-1} + (1 - \rho)\, |g_t|^2, \qquad
+    m_t = \rho\, m_{t-1} + (1 - \rho)\, g_t \ \text{(centered)} \\
+    u_t &= g_t \,/\, \sqrt{\hat v_t - |\hat m_t|^2 + \epsilon}
+        \quad\text{or}\quad g_t \,/\, (\sqrt{\hat v_t - |\hat m_t|^2} + \epsilon) \\
+    b_t &= \mu\, b_{t-1} + \eta_t u_t,\ s_t = b_t
+        \quad\text{or, with lr\_in\_momentum=False,}\quad
+        b_t = \mu\, b_{t-1} + u_t,\ s_t = \eta_t b_t \\
+    p_t &= p_{t-1} - s_t - \eta_t \lambda\, p_{t-1} \quad\text{(decoupled weight decay)}
+
+  The hats divide by :math:`1 - \rho^t` with ``bias_correction``; the :math:`m` terms appear
+  only with ``centered``; without momentum :math:`s_t = \eta_t u_t`; with ``nesterov``
+  :math:`s_t = \eta_t u_t + \mu b_t` (resp. :math:`\eta_t (u_t + \mu b_t)`). Updates are
+  returned for `optax.apply_updates`, in the gradients' dtype; arithmetic is at least float32.
+
+  A schedulable decay: early in training the gradient scale moves fast and a short memory
+  (decay 0.9, about 10 steps) adapts quickly; late in training a long memory (0.999, about
+  1000 steps) averages out minibatch noise and gives steadier per-coordinate step sizes.
+  Passing a schedule that rises toward 1 (for example
+  ``lambda t: 1 - 0.1 / (1 + t / 1000)``) gets both, which no other RMSProp offers.
+
+  Args:
+    learning_rate: step size :math:`\eta`, a number or a schedule of the step count (an
+      Optax schedule; the count is 0 on the first update).
+    decay: :math:`\rho` in [0, 1), a number or a schedule (see above).
+    eps: stabiliser in the denominator, >= 0, a number or a schedule.
+    eps_in_sqrt: True adds ``eps`` inside the square root (Optax, Keras, TF1); False adds it
+      outside (PyTorch).
+    initial_scale: first value of :math:`v`; 0 in PyTorch, Keras and Optax, 1 in TF1 and timm.
+    centered: divide by the root of the variance :math:`v - m^2` instead of the raw second
+      moment (Graves, 2013); keeps the gradient average :math:`m` in the state.
+    momentum: :math:`\mu` in [0, 1), or None for no momentum buffer at all.
+    nesterov: Nesterov's look-ahead on the momentum buffer (needs ``momentum``).
+    lr_in_momentum: True accumulates learning-rate-scaled steps in the buffer (Optax, Keras,
+      TF1); False accumulates raw preconditioned gradients and scales the buffer by the
+      learning rate when applying it (PyTorch). They differ once the learning rate changes.
+    bias_correction: divide the averages by :math:`1 - \rho^t` (as Adam does), removing the
+      bias toward ``initial_scale`` in the first steps. With a decay schedule the current
+      decay is used in :math:`1 - \rho^t`.
+    weight_decay: :math:`\lambda >= 0`; the Python number 0 turns weight decay off (and
+      ``params`` are then not needed by ``update``).
+    decoupled_weight_decay: False adds :math:`\lambda p` to the gradient before everything
+      (PyTorch, timm's default); True subtracts :math:`\eta_t \lambda p` from the parameters
+      beside the step (Keras, AdamW, timm's ``decoupled_decay``).
+    weight_decay_mask: None (decay every leaf), a tree of booleans with the params' structure
+      (or a prefix of it), or a callable from params to such a tree; False leaves are not
+      decayed.
+    maximize: ascend the objective instead of descending it (PyTorch's ``maximize``).
+    nu_dtype: storage dtype of :math:`v` and :math:`m`, e.g. ``jnp.bfloat16``; None keeps the
+      param's precision, at least float32.
+    momentum_dtype: storage dtype of the momentum buffer; None as for ``nu_dtype``.
+    stochastic_rounding: when state is stored in a dtype narrower than the arithmetic,
+      round stochastically (unbiased) instead of to nearest, so a bfloat16 average keeps
+      learning at decays close to 1.
+    seed: seed of the stochastic rounding's random bits, combined with the step count so the
+      same inputs always give the same result.
+
+  Returns:
+    An `optax.GradientTransformation` whose state is an `RMSPropState`.
+
+  Raises:
+    ValueError: a concrete hyperparameter is out of range, or ``nesterov`` has no momentum.
+    TypeError: a dtype argument is not a real floating dtype.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from rmsprop_optax import rmsprop
+    >>> opt = rmsprop(learning_rate=0.01, decay=0.9)
+    >>> params = jnp.array([0.2, 0.4, 0.6])
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(jnp.array([-0.5, 0.3, 0.24]), state, params)
+    >>> optax.apply_updates(params, updates)  # doctest: +SKIP
+    Array([0.23162277, 0.36837724, 0.56837725], dtype=float32)
+
+  References:
+    Tieleman and Hinton, Lecture 6.5 - RMSProp: Divide the gradient by a running average of
+    its recent magnitude, COURSERA: Neural Networks for Machine Learning, 2012.
+    Graves, Generating Sequences With Recurrent Neural Networks, 2013.
+    Loshchilov and Hutter, Decoupled Weight Decay Regularization, 2019.
+  """
+  config = validate(_Config(
+      fn="rmsprop", learning_rate=learning_rate, decay=decay, eps=eps,
+      eps_in_sqrt=eps_in_sqrt, initial_scale=initial_scale, centered=centered,
+      momentum=momentum, nesterov=nesterov, lr_in_momentum=lr_in_momentum,
+      bias_correction=bias_correction,
+      weight_decay=None if is_static_zero(weight_decay) else weight_decay,
+      decoupled_weight_decay=decoupled_weight_decay, weight_decay_mask=weight_decay_mask,
+      maximize=maximize, nu_dtype=nu_dtype, momentum_dtype=momentum_dtype,
+      stochastic_rounding=stochastic_rounding, seed=seed,
+  ))
+  return build(config)

@@ -1,0 +1,297 @@
+"""The RMSProp update: one elementwise pass per leaf, shared by `rmsprop` and `scale_by_rms`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rmsprop_optax import _rounding, _validation
+from rmsprop_optax._state import EMPTY, RMSPropState, filled_like, increment
+
+Scalar = Union[float, jax.Array]
+ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], Any]]
+
+# Stochastic rounding streams: each (leaf, field) pair draws its own bits.
+_NU, _MU, _MOMENTUM = 0, 1, 2
+
+
+class _Config(NamedTuple):
+  """Everything that fixes the update, resolved and validated once at construction."""
+
+  fn: str
+  learning_rate: ScalarOrSchedule | None  # None: the preconditioner alone, no sign flip.
+  decay: ScalarOrSchedule
+  eps: ScalarOrSchedule
+  eps_in_sqrt: bool
+  initial_scale: Scalar
+  centered: bool
+  momentum: ScalarOrSchedule | None
+  nesterov: bool
+  lr_in_momentum: bool
+  bias_correction: bool
+  weight_decay: ScalarOrSchedule | None  # None: no weight decay and no params needed.
+  decoupled_weight_decay: bool
+  weight_decay_mask: Any
+  maximize: bool
+  nu_dtype: Any
+  momentum_dtype: Any
+  stochastic_rounding: bool
+  seed: int
+
+
+def _at(value: ScalarOrSchedule, count: jax.Array) -> Any:
+  return value(count) if callable(value) else value
+
+
+def _storage_dtype(param_dtype: Any, chosen: Any, *, real: bool) -> Any:
+  """Storage dtype of one state leaf: `chosen`, else the param's, at least float32.
+
+  Averages of squared magnitudes (`real=True`) are real for complex params too; the other
+  buffers of a complex param stay complex, at least as precise as `chosen`.
+  """
+  base = jnp.promote_types(param_dtype, jnp.float32)
+  complex_param = jnp.issubdtype(base, jnp.complexfloating)
+  if real:
+    return chosen if chosen is not None else jnp.finfo(base).dtype
+  if chosen is None:
+    return base
+  return jnp.promote_types(chosen, base) if complex_param else chosen
+
+
+def _store(value: jax.Array, dtype: Any, config: _Config, key_fn: Callable[[], jax.Array]) -> jax.Array:
+  """Casts a freshly computed state leaf to its storage dtype, rounding stochastically if asked."""
+  narrower = (
+      config.stochastic_rounding
+      and jnp.issubdtype(dtype, jnp.floating)
+      and jnp.issubdtype(value.dtype, jnp.floating)
+      and jnp.finfo(dtype).nmant < jnp.finfo(value.dtype).nmant
+  )
+  if narrower:
+    return _rounding.round_stochastic(value, dtype, key_fn())
+  return value.astype(dtype)
+
+
+def _leaf_mask(mask: Any, updates: Any, params: Any) -> list[Any]:
+  """One weight-decay flag per gradient leaf (True where there is no mask)."""
+  treedef = jax.tree.structure(updates)
+  if mask is None:
+    return [True] * treedef.num_leaves
+  if callable(mask):
+    mask = mask(params)
+  # `mask` may be a prefix of the params tree: broadcast each flag over its subtree.
+  full = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: flag, sub), mask, updates)
+  return treedef.flatten_up_to(full)
+
+
+def build(config: _Config) -> optax.GradientTransformation:
+  """The transformation for a validated configuration."""
+  use_momentum = config.momentum is not None
+  use_weight_decay = config.weight_decay is not None
+  couple_decay = use_weight_decay and not config.decoupled_weight_decay
+
+  def init_fn(params):
+    _validation.check_init_params(config.fn, params)
+
+    def buffers(value, chosen, real):
+      return jax.tree.map(
+          lambda p: filled_like(p, value, _storage_dtype(p.dtype, chosen, real=real)), params
+      )
+
+    return RMSPropState(
+        count=jnp.zeros([], jnp.int32),
+        nu=buffers(config.initial_scale, config.nu_dtype, True),
+        mu=buffers(0.0, config.nu_dtype, False) if config.centered else EMPTY,
+        momentum=buffers(0.0, config.momentum_dtype, False) if use_momentum else EMPTY,
+    )
+
+  def update_fn(updates, state, params=None):
+    _validation.check_update_inputs(
+        config.fn, updates, state.nu, params,
+        "weight_decay" if use_weight_decay else None,
+    )
+    count = state.count
+    new_count = increment(count)
+    decay = _at(config.decay, count)
+    # With a Python decay, 1 - decay is taken in double precision before rounding, so a decay
+    # of 1 - 1e-9 still adds its sliver of the new gradient instead of rounding to zero.
+    one_minus_decay = 1.0 - decay
+    eps = _at(config.eps, count)
+    lr = None if config.learning_rate is None else _at(config.learning_rate, count)
+    momentum = _at(config.momentum, count) if use_momentum else None
+    weight_decay = _at(config.weight_decay, count) if use_weight_decay else None
+    if config.bias_correction:
+      # 1 - decay**t, accurate for decays near 1 (where 1 - 0.999**1 loses digits).
+      steps = new_count.astype(jnp.float32)
+      correction = -jnp.expm1(steps * jnp.log1p(-jnp.asarray(one_minus_decay, jnp.float32)))
+      inv_correction = 1.0 / correction
+
+    treedef = jax.tree.structure(updates)
+    grads = treedef.flatten_up_to(updates)
+    nus = treedef.flatten_up_to(state.nu)
+    mus = treedef.flatten_up_to(state.mu) if config.centered else [None] * len(grads)
+    bufs = treedef.flatten_up_to(state.momentum) if use_momentum else [None] * len(grads)
+    ps = treedef.flatten_up_to(params) if use_weight_decay else [None] * len(grads)
+    masks = (
+        _leaf_mask(config.weight_decay_mask, updates, params) if use_weight_decay else [True] * len(grads)
+    )
+
+    out_updates, out_nu, out_mu, out_mom = [], [], [], []
+    for index, (g_in, nu, mu, buf, p, flag) in enumerate(zip(grads, nus, mus, bufs, ps, masks)):
+      cdt = jnp.promote_types(jnp.promote_types(g_in.dtype, jnp.float32), nu.dtype)
+      rdt = jnp.finfo(cdt).dtype
+      real = lambda x: jnp.asarray(x, rdt)  # noqa: E731  (a scalar hyperparameter, cast once)
+      key = lambda field: _rounding.stream_key(config.seed, count, 3 * index + field)  # noqa: E731
+
+      g = g_in.astype(cdt)
+      if config.maximize:
+        g = -g
+      leaf_decay = None
+      if use_weight_decay and flag is not False:
+        leaf_decay = real(weight_decay) if flag is True else real(weight_decay) * jnp.asarray(flag, rdt)
+      if couple_decay and leaf_decay is not None:
+        g = g + leaf_decay * p.astype(cdt)
+
+      g_sq = jnp.square(g.real) + jnp.square(g.imag) if jnp.iscomplexobj(g) else g * g
+      nu_new = real(decay) * nu.astype(rdt) + real(one_minus_decay) * g_sq
+      nu_hat = nu_new * inv_correction.astype(rdt) if config.bias_correction else nu_new
+      if config.centered:
+        mu_new = real(decay) * mu.astype(cdt) + real(one_minus_decay) * g
+        mu_hat = mu_new * inv_correction.astype(rdt) if config.bias_correction else mu_new
+        mu_sq = jnp.square(mu_hat.real) + jnp.square(mu_hat.imag) if jnp.iscomplexobj(mu_hat) else mu_hat * mu_hat
+        # v - m^2 is a variance, >= 0 in exact arithmetic; rounding can push it below zero.
+        variance = jnp.maximum(nu_hat - mu_sq, 0.0)
+      else:
+        variance = nu_hat
+      if config.eps_in_sqrt:
+        u = g * jax.lax.rsqrt(variance + real(eps))
+      else:
+        u = g / (jnp.sqrt(variance) + real(eps))
+
+      if lr is None:
+        step = u
+      else:
+        lr_leaf = real(lr)
+        if use_momentum:
+          mu_m = real(momentum)
+          if config.lr_in_momentum:
+            buf_new = mu_m * buf.astype(cdt) + lr_leaf * u
+            step = lr_leaf * u + mu_m * buf_new if config.nesterov else buf_new
+          else:
+            buf_new = mu_m * buf.astype(cdt) + u
+            step = lr_leaf * (u + mu_m * buf_new) if config.nesterov else lr_leaf * buf_new
+          out_mom.append(_store(buf_new, buf.dtype, config, lambda: key(_MOMENTUM)))
+        else:
+          step = lr_leaf * u
+        if config.decoupled_weight_decay and leaf_decay is not None:
+          step = step + lr_leaf * leaf_decay * p.astype(cdt)
+        step = -step
+      out_updates.append(step.astype(g_in.dtype))
+      out_nu.append(_store(nu_new, nu.dtype, config, lambda: key(_NU)))
+      if config.centered:
+        out_mu.append(_store(mu_new, mu.dtype, config, lambda: key(_MU)))
+
+    unflatten = treedef.unflatten
+    new_state = RMSPropState(
+        count=new_count,
+        nu=unflatten(out_nu),
+        mu=unflatten(out_mu) if config.centered else EMPTY,
+        momentum=unflatten(out_mom) if use_momentum else EMPTY,
+    )
+    return unflatten(out_updates), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def validate(config: _Config) -> _Config:
+  """Checks a configuration's concrete numbers and flags; returns it with dtypes resolved."""
+  fn = config.fn
+  if config.learning_rate is not None:
+    _validation.check_nonnegative(fn, "learning_rate", config.learning_rate, "the step size")
+  _validation.check_unit_interval(fn, "decay", config.decay, "the weight the average keeps each step")
+  _validation.check_nonnegative(fn, "eps", config.eps, "added to the denominator for stability")
+  _validation.check_nonnegative(fn, "initial_scale", config.initial_scale, "the first value of the average of squares")
+  if config.momentum is not None:
+    _validation.check_unit_interval(fn, "momentum", config.momentum, "the momentum buffer's decay")
+  if config.nesterov and (config.momentum is None or _validation.concrete_number(config.momentum) == 0.0):
+    raise ValueError(
+        f"{fn}: nesterov=True needs a momentum, but got momentum={config.momentum!r}. "
+        "Nesterov's look-ahead is a property of the momentum buffer: pass momentum=0.9 "
+        "(for example), or set nesterov=False."
+    )
+  if config.weight_decay is not None:
+    _validation.check_nonnegative(fn, "weight_decay", config.weight_decay, "the weight decay coefficient")
+  _validation.check_int(fn, "seed", config.seed)
+  return config._replace(
+      nu_dtype=_validation.check_dtype(fn, "nu_dtype", config.nu_dtype),
+      momentum_dtype=_validation.check_dtype(fn, "momentum_dtype", config.momentum_dtype),
+  )
+
+
+def scale_by_rms(
+    decay: ScalarOrSchedule = 0.9,
+    eps: ScalarOrSchedule = 1e-8,
+    *,
+    eps_in_sqrt: bool = True,
+    initial_scale: Scalar = 0.0,
+    centered: bool = False,
+    bias_correction: bool = False,
+    nu_dtype: Any = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
+) -> optax.GradientTransformation:
+  r"""Divides each gradient coordinate by the root of a leaky average of its squares.
+
+  The preconditioner of RMSProp, without learning rate, momentum or sign flip, for building
+  an optimizer with `optax.chain` (follow it with `optax.scale_by_learning_rate`). With
+  :math:`\rho` the decay and :math:`t` the step count:
+
+  .. math::
+
+    v_t = \rho\, v_{t-1} + (1 - \rho)\, |g_t|^2, \qquad
+    u_t = \frac{g_t}{\sqrt{\hat v_t - |\hat m_t|^2 + \epsilon}}
+    \ \text{(eps inside the root)}, \quad
+    u_t = \frac{g_t}{\sqrt{\hat v_t - |\hat m_t|^2} + \epsilon}\ \text{(outside)},
+
+  where :math:`m_t = \rho\, m_{t-1} + (1 - \rho)\, g_t` is kept only when ``centered`` (else
+  the :math:`m` term is absent), and the hats divide by :math:`1 - \rho^t` when
+  ``bias_correction`` (else they are the plain averages). The average remembers about
+  :math:`1 / (1 - \rho)` steps.
+
+  Args:
+    decay: :math:`\rho` in [0, 1), or a schedule of the step count (0 on the first update).
+    eps: non-negative stabiliser, or a schedule.
+    eps_in_sqrt: add ``eps`` inside the square root (Optax, Keras, TF1) or outside (PyTorch).
+    initial_scale: first value of :math:`v`: 0 (PyTorch, Keras, Optax) or 1 (TF1, timm).
+    centered: divide by the root of the variance estimate :math:`v - m^2` (Graves, 2013).
+    bias_correction: divide the averages by :math:`1 - \rho^t`, as Adam does.
+    nu_dtype: storage dtype of :math:`v` and :math:`m` (arithmetic is at least float32);
+      None keeps the param's precision, at least float32.
+    stochastic_rounding: round stochastically when storing state in a narrower dtype, so a
+      bfloat16 average keeps moving when decay is close to 1.
+    seed: seed of the stochastic rounding's random bits (combined with the step count).
+
+  Returns:
+    An `optax.GradientTransformation` whose state is an `RMSPropState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from rmsprop_optax import scale_by_rms
+    >>> opt = optax.chain(scale_by_rms(decay=0.9), optax.scale_by_learning_rate(0.01))
+    >>> state = opt.init(jnp.zeros(3))
+
+  References:
+    Tieleman and Hinton, Lecture 6.5 - RMSProp, COURSERA: Neural Networks for Machine
+    Learning, 2012. Graves, Generating Sequences With Recurrent Neural Networks, 2013.
+  """
+  config = validate(_Config(
+      fn="scale_by_rms", learning_rate=None, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt,
+      initial_scale=initial_scale, centered=centered, momentum=None, nesterov=False,
+      lr_in_momentum=True, bias_correction=bias_correction, weight_decay=None,
+      decoupled_weight_decay=False, weight_decay_mask=None, maximize=False,
+      nu_dtype=nu_dtype, momentum_dtype=None, stochastic_rounding=stochastic_rounding,
+      seed=seed,
+  ))
+  return build(config)

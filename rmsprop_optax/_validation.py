@@ -1,0 +1,162 @@
+"""Checks on concrete hyperparameters and on trees, with messages that say how to fix them.
+
+Hyperparameters may arrive as traced arrays (`optax.inject_hyperparams`, a schedule, a value
+under `jit`): those cannot be inspected and pass through. Only concrete numbers are checked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def concrete_number(value: Any) -> float | None:
+  """`value` as a Python float when it is a known scalar; None for schedules and tracers."""
+  if callable(value) or isinstance(value, jax.core.Tracer):
+    return None
+  if isinstance(value, bool):
+    return float(value)
+  if isinstance(value, (int, float, np.number)):
+    return float(value)
+  if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0:
+    try:
+      return float(value)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+      return None
+  return None
+
+
+def is_static_zero(value: Any) -> bool:
+  """True for a Python number equal to zero.
+
+  The presets follow their frameworks, which allocate no momentum buffer and read no params
+  when momentum or weight decay is the number 0. Arrays (an injected hyperparameter) are
+  never static: they may change later, so they keep the buffer and the params.
+  """
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+
+
+def _describe(value: Any) -> str:
+  return repr(value) if isinstance(value, (int, float)) else f"{value!r}"
+
+
+def check_unit_interval(fn: str, name: str, value: Any, meaning: str) -> None:
+  """Checks `0 <= value < 1` for a concrete value."""
+  number = concrete_number(value)
+  if number is None:
+    return
+  if not (0.0 <= number < 1.0):
+    raise ValueError(
+        f"{fn}: `{name}` must be in [0, 1) ({meaning}), but got {name}={_describe(value)}. "
+        f"Pass a value such as 0.9 or 0.99; values near 1 give a longer memory."
+    )
+
+
+def check_nonnegative(fn: str, name: str, value: Any, meaning: str) -> None:
+  """Checks that a concrete value is finite and at least 0."""
+  number = concrete_number(value)
+  if number is None:
+    return
+  if not (math.isfinite(number) and number >= 0.0):
+    raise ValueError(
+        f"{fn}: `{name}` must be a finite number >= 0 ({meaning}), but got "
+        f"{name}={_describe(value)}. Pass a non-negative finite value."
+    )
+
+
+def check_dtype(fn: str, name: str, dtype: Any) -> Any:
+  """Returns `dtype` as a NumPy dtype, or raises unless it is None or a real floating dtype."""
+  if dtype is None:
+    return None
+  try:
+    resolved = jnp.dtype(dtype)
+  except TypeError as error:
+    raise TypeError(
+        f"{fn}: `{name}` must be None or a floating dtype such as jnp.float32 or "
+        f"jnp.bfloat16, but got {name}={dtype!r}, which is not a dtype."
+    ) from error
+  if not jnp.issubdtype(resolved, jnp.floating):
+    raise TypeError(
+        f"{fn}: `{name}` must be None or a real floating dtype such as jnp.float32 or "
+        f"jnp.bfloat16, but got {name}={resolved.name}. Storage of a running average needs "
+        "a real floating type; leave it None to use the parameter's precision."
+    )
+  return resolved
+
+
+def check_int(fn: str, name: str, value: Any) -> None:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+    raise TypeError(
+        f"{fn}: `{name}` must be a Python int, but got {name}={value!r}. Pass an integer "
+        "such as 0; the random bits of stochastic rounding are derived from it."
+    )
+
+
+def _leaves_with_paths(tree: Any) -> list[tuple[str, Any]]:
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return [(jax.tree_util.keystr(path) or "<root>", leaf) for path, leaf in leaves]
+
+
+def check_init_params(fn: str, params: Any) -> None:
+  """Raises TypeError naming the first leaf of `params` that is not a floating array."""
+  for path, leaf in _leaves_with_paths(params):
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+      dtype = np.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      raise TypeError(
+          f"{fn}.init: the parameter at {path} has dtype {np.dtype(dtype).name}, but "
+          "RMSProp needs floating (or complex) parameters to keep a running average. "
+          "Cast it to a floating dtype, or leave it out of the optimizer with "
+          "optax.masked or optax.multi_transform (or set it to None)."
+      )
+
+
+def check_update_inputs(fn: str, updates: Any, nu: Any, params: Any, needs_params: str | None) -> None:
+  """Checks structure, shapes and dtypes of `updates` (and `params`) against the state."""
+  update_def = jax.tree.structure(updates)
+  state_def = jax.tree.structure(nu)
+  if update_def != state_def:
+    raise ValueError(
+        f"{fn}.update: the gradients' tree structure does not match the optimizer state's. "
+        f"Gradients: {update_def}; state (from init): {state_def}. Call init on params with "
+        "the same structure as the gradients you pass to update."
+    )
+  for (path, g), n in zip(_leaves_with_paths(updates), jax.tree.leaves(nu)):
+    dtype = getattr(g, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+      name = np.dtype(dtype).name if dtype is not None else type(g).__name__
+      raise TypeError(
+          f"{fn}.update: the gradient at {path} has dtype {name}, but gradients must be "
+          "floating (or complex) arrays. Differentiate with respect to floating "
+          "parameters, or cast the gradient with .astype(jnp.float32)."
+      )
+    if tuple(g.shape) != tuple(n.shape):
+      raise ValueError(
+          f"{fn}.update: the gradient at {path} has shape {tuple(g.shape)}, but the "
+          f"optimizer state for that leaf has shape {tuple(n.shape)}. The gradients must have "
+          "the shapes of the params given to init; re-run init if the model changed."
+      )
+  if needs_params is None:
+    return
+  if params is None:
+    raise ValueError(
+        f"{fn}.update: {needs_params} needs the current parameters, but params=None was "
+        "passed. Call update(grads, state, params)."
+    )
+  if jax.tree.structure(params) != update_def:
+    raise ValueError(
+        f"{fn}.update: the params' tree structure does not match the gradients'. Params: "
+        f"{jax.tree.structure(params)}; gradients: {update_def}. Pass the params the "
+        "gradients were taken of."
+    )
+  for (path, p), g in zip(_leaves_with_paths(params), jax.tree.leaves(updates)):
+    if tuple(np.shape(p)) != tuple(g.shape):
+      raise ValueError(
+          f"{fn}.update: the parameter at {path} has shape {tuple(np.shape(p))}, but its "
+          f"gradient has shape {tuple(g.shape)}. Pass the params the gradients were taken of."
+      )

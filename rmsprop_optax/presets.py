@@ -1,0 +1,190 @@
+"""One function per framework: that framework's RMSProp, step for step, in its own names.
+
+Each preset takes the framework's argument names and defaults, accepts a schedule (a callable
+of the step count, 0 on the first update) wherever it takes a learning rate, and returns an
+`optax.GradientTransformation` whose trajectory matches the framework's optimizer. The
+equations behind each one are in the README's framework table.
+
+Where a framework decides structure from a number (PyTorch and Keras keep no momentum
+buffer when momentum is 0), so do the presets, but only for Python numbers: an array, such
+as one injected by `optax.inject_hyperparams`, keeps the buffer, since it may change later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rmsprop_optax._alias import rmsprop
+from rmsprop_optax._transform import ScalarOrSchedule
+from rmsprop_optax._validation import is_static_zero
+
+__all__ = ["keras", "optax", "pytorch", "tf1", "timm_tf"]
+
+_optax = optax
+
+
+def _momentum_or_none(momentum: Any) -> Any:
+  return None if is_static_zero(momentum) else momentum
+
+
+def _complex_as_real(inner: _optax.GradientTransformation) -> _optax.GradientTransformation:
+  """Runs `inner` on complex leaves viewed as pairs of reals (PyTorch's `view_as_real`).
+
+  PyTorch keeps a separate average of squares for the real and the imaginary part of each
+  complex parameter, where `rmsprop` keeps one average of |g|^2. A complex leaf of shape S
+  is given to `inner` as a real leaf of shape S + (2,), and its update is turned back.
+  """
+
+  def to_real(tree):
+    return jax.tree.map(
+        lambda x: jnp.stack([x.real, x.imag], axis=-1) if jnp.iscomplexobj(x) else x, tree
+    )
+
+  def to_complex(updates, like):
+    return jax.tree.map(
+        lambda u, g: jax.lax.complex(u[..., 0], u[..., 1]) if jnp.iscomplexobj(g) else u,
+        updates, like,
+    )
+
+  def init_fn(params):
+    return inner.init(to_real(params))
+
+  def update_fn(updates, state, params=None):
+    real_updates, state = inner.update(
+        to_real(updates), state, None if params is None else to_real(params)
+    )
+    return to_complex(real_updates, updates), state
+
+  return _optax.GradientTransformation(init_fn, update_fn)
+
+
+def pytorch(
+    lr: ScalarOrSchedule = 1e-2,
+    alpha: ScalarOrSchedule = 0.99,
+    eps: ScalarOrSchedule = 1e-8,
+    weight_decay: ScalarOrSchedule = 0,
+    momentum: ScalarOrSchedule = 0,
+    centered: bool = False,
+    maximize: bool = False,
+) -> _optax.GradientTransformation:
+  r"""`torch.optim.RMSprop`: eps outside the root, learning rate outside the momentum buffer.
+
+  .. math::
+
+    g \leftarrow \pm g + \lambda p,\quad v = \alpha v + (1-\alpha) g^2,\quad
+    d = \sqrt{v - m^2} + \epsilon,\quad b = \mu b + g / d,\quad p \leftarrow p - \eta b
+
+  with :math:`v_0 = 0`, :math:`m` only when centered, and :math:`p - \eta g / d` without
+  momentum. Complex parameters are treated as independent real and imaginary parts, as
+  PyTorch does. Where PyTorch's centered variance goes negative and gives NaN, this one
+  clamps it at zero.
+  """
+  inner = rmsprop(
+      lr, decay=alpha, eps=eps, eps_in_sqrt=False, initial_scale=0.0, centered=centered,
+      momentum=_momentum_or_none(momentum), lr_in_momentum=False, weight_decay=weight_decay,
+      decoupled_weight_decay=False, maximize=maximize,
+  )
+  return _complex_as_real(inner)
+
+
+def keras(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    rho: ScalarOrSchedule = 0.9,
+    momentum: ScalarOrSchedule = 0.0,
+    epsilon: ScalarOrSchedule = 1e-7,
+    centered: bool = False,
+    weight_decay: ScalarOrSchedule | None = None,
+) -> _optax.GradientTransformation:
+  r"""Keras 3 `keras.optimizers.RMSprop`: eps inside the root, learning rate inside momentum.
+
+  .. math::
+
+    p \leftarrow p - \eta \lambda p,\quad v = \rho v + (1-\rho) g^2,\quad
+    b = \mu b + \eta g / \sqrt{v - m^2 + \epsilon},\quad p \leftarrow p - b
+
+  with :math:`v_0 = 0`, :math:`m` only when centered, and decoupled weight decay applied
+  only when ``weight_decay`` is set.
+  """
+  return rmsprop(
+      learning_rate, decay=rho, eps=epsilon, eps_in_sqrt=True, initial_scale=0.0,
+      centered=centered, momentum=_momentum_or_none(momentum), lr_in_momentum=True,
+      weight_decay=0.0 if weight_decay is None else weight_decay,
+      decoupled_weight_decay=True,
+  )
+
+
+def tf1(
+    learning_rate: ScalarOrSchedule,
+    decay: ScalarOrSchedule = 0.9,
+    momentum: ScalarOrSchedule = 0.0,
+    epsilon: ScalarOrSchedule = 1e-10,
+    centered: bool = False,
+) -> _optax.GradientTransformation:
+  r"""TensorFlow 1 `tf.compat.v1.train.RMSPropOptimizer`: the average of squares starts at 1.
+
+  .. math::
+
+    v = v + (g^2 - v)(1 - \rho),\quad b = \mu b + \eta g / \sqrt{v - m^2 + \epsilon},\quad
+    p \leftarrow p - b
+
+  with :math:`v_0 = 1` (so the first steps are small, not large), :math:`m_0 = 0` when
+  centered. TF1 always runs the momentum path; with momentum 0 it is the plain step.
+  """
+  return rmsprop(
+      learning_rate, decay=decay, eps=epsilon, eps_in_sqrt=True, initial_scale=1.0,
+      centered=centered, momentum=_momentum_or_none(momentum), lr_in_momentum=True,
+  )
+
+
+def optax(
+    learning_rate: ScalarOrSchedule,
+    decay: ScalarOrSchedule = 0.9,
+    eps: ScalarOrSchedule = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: ScalarOrSchedule | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+) -> _optax.GradientTransformation:
+  r"""`optax.rmsprop`: its chain (rms or stddev, scale by -lr, trace) as one transformation.
+
+  .. math::
+
+    v = \rho v + (1-\rho) |g|^2,\quad u = -\eta\, g / \sqrt{\hat v - |\hat m|^2 + \epsilon},
+    \quad b = u + \mu b
+
+  with the learning-rate schedule evaluated at the count before the update, as Optax does.
+  """
+  return rmsprop(
+      learning_rate, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt,
+      initial_scale=initial_scale, centered=centered, momentum=momentum, nesterov=nesterov,
+      lr_in_momentum=True, bias_correction=bias_correction,
+  )
+
+
+def timm_tf(
+    lr: ScalarOrSchedule = 1e-2,
+    alpha: ScalarOrSchedule = 0.9,
+    eps: ScalarOrSchedule = 1e-10,
+    weight_decay: ScalarOrSchedule = 0,
+    momentum: ScalarOrSchedule = 0.0,
+    centered: bool = False,
+    decoupled_decay: bool = False,
+    lr_in_momentum: bool = True,
+) -> _optax.GradientTransformation:
+  r"""timm's `RMSpropTF`: TF1's equations (:math:`v_0 = 1`, eps inside) in PyTorch.
+
+  Weight decay is coupled (:math:`g \leftarrow g + \lambda p`) or, with ``decoupled_decay``,
+  :math:`p \leftarrow p (1 - \eta\lambda)`; ``lr_in_momentum`` chooses TF1's buffer of
+  lr-scaled steps or PyTorch's buffer of raw steps.
+  """
+  return rmsprop(
+      lr, decay=alpha, eps=eps, eps_in_sqrt=True, initial_scale=1.0, centered=centered,
+      momentum=_momentum_or_none(momentum), lr_in_momentum=lr_in_momentum,
+      weight_decay=weight_decay, decoupled_weight_decay=decoupled_decay,
+  )

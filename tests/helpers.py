@@ -1,0 +1,229 @@
+"""Shared test helpers: NumPy float64 references of every RMSProp, problems, tolerances.
+
+The references are written from the equations (README and SEMANTICS), independently of the
+package: they share no code with it, so a bug there cannot hide in both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Callable
+
+import jax
+import numpy as np
+
+
+@contextlib.contextmanager
+def standard_promotion():
+  """JAX's default promotion rules, for framework code (Keras) that relies on them."""
+  with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+    yield
+
+
+def lr_table(steps: int, base: float = 0.01, seed: int = 0) -> np.ndarray:
+  """A learning rate that changes at every step (float32 values, so all frameworks agree)."""
+  rng = np.random.default_rng(seed)
+  return (base * rng.uniform(0.3, 1.7, size=steps)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class Quadratic:
+  """A random least-squares problem: grad(p) = A^T (A p - b) / n + noise_t, per leaf.
+
+  The noise makes every step's gradient different even near the optimum; gradients depend on
+  each optimizer's own parameters, so trajectories, not just single steps, are compared.
+  """
+
+  shapes: tuple
+  seed: int = 0
+  steps: int = 100
+  complex_leaves: tuple = ()
+
+  def __post_init__(self):
+    rng = np.random.default_rng(self.seed)
+    self.a, self.b, self.noise, self.init = [], [], [], []
+    for i, shape in enumerate(self.shapes):
+      n = int(np.prod(shape))
+      cplx = i in self.complex_leaves
+
+      def draw(*size):
+        x = rng.normal(size=size)
+        return x + 1j * rng.normal(size=size) if cplx else x
+
+      self.a.append(draw(n, n) / np.sqrt(n))
+      self.b.append(draw(n))
+      self.noise.append(0.3 * draw(self.steps, n))
+      self.init.append(draw(n).reshape(shape))
+
+  def params(self, dtype=np.float32) -> list:
+    return [
+        p.astype(np.complex64 if np.iscomplexobj(p) and dtype == np.float32 else dtype)
+        if not np.iscomplexobj(p) or dtype != np.float32
+        else p.astype(np.complex64)
+        for p in self.init
+    ]
+
+  def grads(self, params: list, t: int) -> list:
+    """Float32 (or complex64) gradients at `params` for step `t` (computed in float64)."""
+    out = []
+    for p, a, b, noise in zip(params, self.a, self.b, self.noise):
+      flat = np.asarray(p, dtype=np.complex128 if np.iscomplexobj(p) else np.float64).ravel()
+      g = a.conj().T @ (a @ flat - b) + noise[t]
+      out.append(g.reshape(np.shape(p)).astype(np.complex64 if np.iscomplexobj(g) else np.float32))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The general equations (the package's own flags), in float64.
+
+
+@dataclasses.dataclass
+class RefConfig:
+  learning_rate: Callable[[int], float]
+  decay: Callable[[int], float] | float = 0.9
+  eps: float = 1e-8
+  eps_in_sqrt: bool = True
+  initial_scale: float = 0.0
+  centered: bool = False
+  momentum: float | None = None
+  nesterov: bool = False
+  lr_in_momentum: bool = True
+  bias_correction: bool = False
+  weight_decay: float = 0.0
+  decoupled_weight_decay: bool = False
+  maximize: bool = False
+
+
+class ReferenceRMSProp:
+  """RMSProp from the equations, one float64 NumPy step at a time (real or complex leaves)."""
+
+  def __init__(self, cfg: RefConfig, params: list):
+    self.cfg = cfg
+    self.t = 0
+    self.v = [np.full(np.shape(p), cfg.initial_scale, np.float64) for p in params]
+    self.m = [np.zeros(np.shape(p), np.complex128 if np.iscomplexobj(p) else np.float64) for p in params]
+    self.b = [np.zeros_like(m) for m in self.m]
+
+  def step(self, params: list, grads: list) -> list:
+    cfg, t = self.cfg, self.t
+    lr = cfg.learning_rate(t)
+    rho = cfg.decay(t) if callable(cfg.decay) else cfg.decay
+    out = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+      p = np.asarray(p, np.complex128 if np.iscomplexobj(p) else np.float64)
+      g = np.asarray(g, p.dtype)
+      if cfg.maximize:
+        g = -g
+      if cfg.weight_decay and not cfg.decoupled_weight_decay:
+        g = g + cfg.weight_decay * p
+      self.v[i] = rho * self.v[i] + (1 - rho) * np.abs(g) ** 2
+      v_hat, m_hat = self.v[i], None
+      if cfg.centered:
+        self.m[i] = rho * self.m[i] + (1 - rho) * g
+        m_hat = self.m[i]
+      if cfg.bias_correction:
+        v_hat = v_hat / (1 - rho ** (t + 1))
+        m_hat = None if m_hat is None else m_hat / (1 - rho ** (t + 1))
+      var = v_hat - (np.abs(m_hat) ** 2 if cfg.centered else 0.0)
+      var = np.maximum(var, 0.0)
+      u = g / np.sqrt(var + cfg.eps) if cfg.eps_in_sqrt else g / (np.sqrt(var) + cfg.eps)
+      if cfg.momentum is None:
+        s = lr * u
+      elif cfg.lr_in_momentum:
+        self.b[i] = cfg.momentum * self.b[i] + lr * u
+        s = lr * u + cfg.momentum * self.b[i] if cfg.nesterov else self.b[i]
+      else:
+        self.b[i] = cfg.momentum * self.b[i] + u
+        s = lr * (u + cfg.momentum * self.b[i]) if cfg.nesterov else lr * self.b[i]
+      if cfg.weight_decay and cfg.decoupled_weight_decay:
+        s = s + lr * cfg.weight_decay * p
+      out.append(p - s)
+    self.t += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Transcriptions of frameworks that are not installed in the test environment.
+
+
+class TF1Reference:
+  """`tf.compat.v1.train.RMSPropOptimizer`, transcribed from its kernels (float64).
+
+  ms starts at ones, mom and mg at zeros; the momentum path always runs.
+  """
+
+  def __init__(self, params, learning_rate, decay=0.9, momentum=0.0, epsilon=1e-10, centered=False):
+    self.lr, self.rho, self.mu, self.eps, self.centered = learning_rate, decay, momentum, epsilon, centered
+    self.ms = [np.ones(np.shape(p)) for p in params]
+    self.mg = [np.zeros(np.shape(p)) for p in params]
+    self.mom = [np.zeros(np.shape(p)) for p in params]
+    self.t = 0
+
+  def step(self, params, grads):
+    lr = self.lr(self.t)
+    out = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+      p, g = np.asarray(p, np.float64), np.asarray(g, np.float64)
+      self.ms[i] = self.ms[i] + (g * g - self.ms[i]) * (1 - self.rho)
+      if self.centered:
+        self.mg[i] = self.mg[i] + (g - self.mg[i]) * (1 - self.rho)
+        denom = self.ms[i] - self.mg[i] ** 2 + self.eps
+      else:
+        denom = self.ms[i] + self.eps
+      self.mom[i] = self.mu * self.mom[i] + lr * g / np.sqrt(denom)
+      out.append(p - self.mom[i])
+    self.t += 1
+    return out
+
+
+class TimmRMSpropTFReference:
+  """timm's `RMSpropTF` step, transcribed (float64): TF1's equations plus weight decay."""
+
+  def __init__(self, params, lr, alpha=0.9, eps=1e-10, weight_decay=0.0, momentum=0.0,
+               centered=False, decoupled_decay=False, lr_in_momentum=True):
+    self.lr, self.alpha, self.eps, self.wd, self.mu = lr, alpha, eps, weight_decay, momentum
+    self.centered, self.decoupled, self.lr_in_momentum = centered, decoupled_decay, lr_in_momentum
+    self.square_avg = [np.ones(np.shape(p)) for p in params]
+    self.grad_avg = [np.zeros(np.shape(p)) for p in params]
+    self.buf = [np.zeros(np.shape(p)) for p in params]
+    self.t = 0
+
+  def step(self, params, grads):
+    lr = self.lr(self.t)
+    one_minus_alpha = 1.0 - self.alpha
+    out = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+      p, g = np.array(p, np.float64), np.asarray(g, np.float64)
+      if self.wd != 0:
+        if self.decoupled:
+          p = p * (1.0 - lr * self.wd)
+        else:
+          g = g + self.wd * p
+      self.square_avg[i] += one_minus_alpha * (g**2 - self.square_avg[i])
+      if self.centered:
+        self.grad_avg[i] += one_minus_alpha * (g - self.grad_avg[i])
+        avg = np.sqrt(self.square_avg[i] - self.grad_avg[i] ** 2 + self.eps)
+      else:
+        avg = np.sqrt(self.square_avg[i] + self.eps)
+      if self.mu > 0:
+        if self.lr_in_momentum:
+          self.buf[i] = self.mu * self.buf[i] + lr * g / avg
+          p = p - self.buf[i]
+        else:
+          self.buf[i] = self.mu * self.buf[i] + g / avg
+          p = p - lr * self.buf[i]
+      else:
+        p = p - lr * g / avg
+      out.append(p)
+    self.t += 1
+    return out
+
+
+def assert_close_to_scale(actual: list, expected: list, rtol: float = 1e-5, what: str = ""):
+  """Every leaf within `rtol` of the expected parameters' scale (max |expected|, at least 1)."""
+  for i, (a, e) in enumerate(zip(actual, expected)):
+    a, e = np.asarray(a), np.asarray(e)
+    scale = max(1.0, float(np.max(np.abs(e))))
+    err = float(np.max(np.abs(a - e)))
+    assert err <= rtol * scale, f"{what} leaf {i}: max error {err:.3g} exceeds {rtol:g} x scale {scale:.3g}"
