@@ -56,13 +56,9 @@ class Quadratic:
       self.noise.append(0.3 * draw(self.steps, n))
       self.init.append(draw(n).reshape(shape))
 
-  def params(self, dtype=np.float32) -> list:
-    return [
-        p.astype(np.complex64 if np.iscomplexobj(p) and dtype == np.float32 else dtype)
-        if not np.iscomplexobj(p) or dtype != np.float32
-        else p.astype(np.complex64)
-        for p in self.init
-    ]
+  def params(self) -> list:
+    """The starting point, float32 (complex64 for complex leaves)."""
+    return [p.astype(np.complex64 if np.iscomplexobj(p) else np.float32) for p in self.init]
 
   def grads(self, params: list, t: int) -> list:
     """Float32 (or complex64) gradients at `params` for step `t` (computed in float64)."""
