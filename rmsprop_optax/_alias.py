@@ -120,14 +120,34 @@ def rmsprop(
     Graves, Generating Sequences With Recurrent Neural Networks, 2013.
     Loshchilov and Hutter, Decoupled Weight Decay Regularization, 2019.
   """
+  return make(
+      "rmsprop", {}, learning_rate, decay, eps, eps_in_sqrt=eps_in_sqrt,
+      initial_scale=initial_scale, centered=centered, momentum=momentum, nesterov=nesterov,
+      lr_in_momentum=lr_in_momentum, bias_correction=bias_correction,
+      weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+      weight_decay_mask=weight_decay_mask, maximize=maximize, nu_dtype=nu_dtype,
+      momentum_dtype=momentum_dtype, stochastic_rounding=stochastic_rounding, seed=seed,
+  )
+
+
+def make(
+    fn: str, arg_names: dict, learning_rate: Any, decay: Any, eps: Any, *,
+    weight_decay: Any = 0.0, **flags: Any,
+) -> optax.GradientTransformation:
+  """`rmsprop` as called by `fn`, whose errors name arguments by `arg_names` (ours -> theirs).
+
+  Flags not given take `rmsprop`'s defaults.
+  """
+  defaults = dict(
+      eps_in_sqrt=True, initial_scale=0.0, centered=False, momentum=None, nesterov=False,
+      lr_in_momentum=True, bias_correction=False, decoupled_weight_decay=False,
+      weight_decay_mask=None, maximize=False, nu_dtype=None, momentum_dtype=None,
+      stochastic_rounding=False, seed=0,
+  )
   config = validate(_Config(
-      fn="rmsprop", learning_rate=learning_rate, decay=decay, eps=eps,
-      eps_in_sqrt=eps_in_sqrt, initial_scale=initial_scale, centered=centered,
-      momentum=momentum, nesterov=nesterov, lr_in_momentum=lr_in_momentum,
-      bias_correction=bias_correction,
+      fn=fn, learning_rate=learning_rate, decay=decay, eps=eps,
+      # The Python number 0 means no weight decay: no params needed, no work done.
       weight_decay=None if is_static_zero(weight_decay) else weight_decay,
-      decoupled_weight_decay=decoupled_weight_decay, weight_decay_mask=weight_decay_mask,
-      maximize=maximize, nu_dtype=nu_dtype, momentum_dtype=momentum_dtype,
-      stochastic_rounding=stochastic_rounding, seed=seed,
+      arg_names=arg_names, **{**defaults, **flags},
   ))
   return build(config)

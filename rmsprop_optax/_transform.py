@@ -40,10 +40,25 @@ class _Config(NamedTuple):
   momentum_dtype: Any
   stochastic_rounding: bool
   seed: int
+  # The caller's own names for the arguments (a preset's `alpha` for `decay`), for errors.
+  arg_names: dict = {}
 
 
 def _at(value: ScalarOrSchedule, count: jax.Array) -> Any:
   return value(count) if callable(value) else value
+
+
+def _compute_dtype(*dtypes: Any) -> Any:
+  """The dtype arithmetic runs in: complex if any input is, at least 32 bits, else the widest.
+
+  Written out instead of `jnp.promote_types`, which refuses complex-with-real under strict
+  promotion and would widen bfloat16 with float16 to float32 anyway.
+  """
+  is_complex = any(jnp.issubdtype(d, jnp.complexfloating) for d in dtypes)
+  wide = any(jnp.finfo(d).bits >= 64 for d in dtypes)
+  if is_complex:
+    return jnp.dtype(jnp.complex128 if wide else jnp.complex64)
+  return jnp.dtype(jnp.float64 if wide else jnp.float32)
 
 
 def _storage_dtype(param_dtype: Any, chosen: Any, *, real: bool) -> Any:
@@ -52,13 +67,12 @@ def _storage_dtype(param_dtype: Any, chosen: Any, *, real: bool) -> Any:
   Averages of squared magnitudes (`real=True`) are real for complex params too; the other
   buffers of a complex param stay complex, at least as precise as `chosen`.
   """
-  base = jnp.promote_types(param_dtype, jnp.float32)
-  complex_param = jnp.issubdtype(base, jnp.complexfloating)
+  base = _compute_dtype(param_dtype)
   if real:
     return chosen if chosen is not None else jnp.finfo(base).dtype
   if chosen is None:
     return base
-  return jnp.promote_types(chosen, base) if complex_param else chosen
+  return _compute_dtype(chosen, base) if jnp.issubdtype(base, jnp.complexfloating) else chosen
 
 
 def _store(value: jax.Array, dtype: Any, config: _Config, key_fn: Callable[[], jax.Array]) -> jax.Array:
@@ -140,9 +154,11 @@ def build(config: _Config) -> optax.GradientTransformation:
 
     out_updates, out_nu, out_mu, out_mom = [], [], [], []
     for index, (g_in, nu, mu, buf, p, flag) in enumerate(zip(grads, nus, mus, bufs, ps, masks)):
-      cdt = jnp.promote_types(jnp.promote_types(g_in.dtype, jnp.float32), nu.dtype)
+      cdt = _compute_dtype(g_in.dtype, nu.dtype)
       rdt = jnp.finfo(cdt).dtype
-      real = lambda x: jnp.asarray(x, rdt)  # noqa: E731  (a scalar hyperparameter, cast once)
+      # Scalar hyperparameters cast to the leaf's real and (possibly complex) compute dtypes.
+      real = lambda x: jnp.asarray(x, rdt)  # noqa: E731
+      like_g = lambda x: jnp.asarray(x, cdt)  # noqa: E731
       key = lambda field: _rounding.stream_key(config.seed, count, 3 * index + field)  # noqa: E731
 
       g = g_in.astype(cdt)
@@ -150,7 +166,7 @@ def build(config: _Config) -> optax.GradientTransformation:
         g = -g
       leaf_decay = None
       if use_weight_decay and flag is not False:
-        leaf_decay = real(weight_decay) if flag is True else real(weight_decay) * jnp.asarray(flag, rdt)
+        leaf_decay = like_g(weight_decay) if flag is True else like_g(weight_decay) * jnp.asarray(flag, cdt)
       if couple_decay and leaf_decay is not None:
         g = g + leaf_decay * p.astype(cdt)
 
@@ -158,24 +174,24 @@ def build(config: _Config) -> optax.GradientTransformation:
       nu_new = real(decay) * nu.astype(rdt) + real(one_minus_decay) * g_sq
       nu_hat = nu_new * inv_correction.astype(rdt) if config.bias_correction else nu_new
       if config.centered:
-        mu_new = real(decay) * mu.astype(cdt) + real(one_minus_decay) * g
-        mu_hat = mu_new * inv_correction.astype(rdt) if config.bias_correction else mu_new
+        mu_new = like_g(decay) * mu.astype(cdt) + like_g(one_minus_decay) * g
+        mu_hat = mu_new * inv_correction.astype(cdt) if config.bias_correction else mu_new
         mu_sq = jnp.square(mu_hat.real) + jnp.square(mu_hat.imag) if jnp.iscomplexobj(mu_hat) else mu_hat * mu_hat
         # v - m^2 is a variance, >= 0 in exact arithmetic; rounding can push it below zero.
         variance = jnp.maximum(nu_hat - mu_sq, 0.0)
       else:
         variance = nu_hat
       if config.eps_in_sqrt:
-        u = g * jax.lax.rsqrt(variance + real(eps))
+        u = g * jax.lax.rsqrt(variance + real(eps)).astype(cdt)
       else:
-        u = g / (jnp.sqrt(variance) + real(eps))
+        u = g / (jnp.sqrt(variance) + real(eps)).astype(cdt)
 
       if lr is None:
         step = u
       else:
-        lr_leaf = real(lr)
+        lr_leaf = like_g(lr)
         if use_momentum:
-          mu_m = real(momentum)
+          mu_m = like_g(momentum)
           if config.lr_in_momentum:
             buf_new = mu_m * buf.astype(cdt) + lr_leaf * u
             step = lr_leaf * u + mu_m * buf_new if config.nesterov else buf_new
@@ -208,13 +224,16 @@ def build(config: _Config) -> optax.GradientTransformation:
 def validate(config: _Config) -> _Config:
   """Checks a configuration's concrete numbers and flags; returns it with dtypes resolved."""
   fn = config.fn
+  name = lambda arg: config.arg_names.get(arg, arg)  # noqa: E731
   if config.learning_rate is not None:
-    _validation.check_nonnegative(fn, "learning_rate", config.learning_rate, "the step size")
-  _validation.check_unit_interval(fn, "decay", config.decay, "the weight the average keeps each step")
-  _validation.check_nonnegative(fn, "eps", config.eps, "added to the denominator for stability")
-  _validation.check_nonnegative(fn, "initial_scale", config.initial_scale, "the first value of the average of squares")
+    _validation.check_nonnegative(fn, name("learning_rate"), config.learning_rate, "the step size")
+  _validation.check_unit_interval(fn, name("decay"), config.decay, "the weight the average keeps each step")
+  _validation.check_nonnegative(fn, name("eps"), config.eps, "added to the denominator for stability")
+  _validation.check_nonnegative(
+      fn, name("initial_scale"), config.initial_scale, "the first value of the average of squares"
+  )
   if config.momentum is not None:
-    _validation.check_unit_interval(fn, "momentum", config.momentum, "the momentum buffer's decay")
+    _validation.check_unit_interval(fn, name("momentum"), config.momentum, "the momentum buffer's decay")
   if config.nesterov and (config.momentum is None or _validation.concrete_number(config.momentum) == 0.0):
     raise ValueError(
         f"{fn}: nesterov=True needs a momentum, but got momentum={config.momentum!r}. "
@@ -222,7 +241,9 @@ def validate(config: _Config) -> _Config:
         "(for example), or set nesterov=False."
     )
   if config.weight_decay is not None:
-    _validation.check_nonnegative(fn, "weight_decay", config.weight_decay, "the weight decay coefficient")
+    _validation.check_nonnegative(
+        fn, name("weight_decay"), config.weight_decay, "the weight decay coefficient"
+    )
   _validation.check_int(fn, "seed", config.seed)
   return config._replace(
       nu_dtype=_validation.check_dtype(fn, "nu_dtype", config.nu_dtype),

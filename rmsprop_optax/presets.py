@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rmsprop_optax._alias import rmsprop
+from rmsprop_optax._alias import make
 from rmsprop_optax._transform import ScalarOrSchedule
 from rmsprop_optax._validation import is_static_zero
 
@@ -83,8 +83,9 @@ def pytorch(
   PyTorch does. Where PyTorch's centered variance goes negative and gives NaN, this one
   clamps it at zero.
   """
-  inner = rmsprop(
-      lr, decay=alpha, eps=eps, eps_in_sqrt=False, initial_scale=0.0, centered=centered,
+  inner = make(
+      "presets.pytorch", {"learning_rate": "lr", "decay": "alpha"}, lr, alpha, eps,
+      eps_in_sqrt=False, initial_scale=0.0, centered=centered,
       momentum=_momentum_or_none(momentum), lr_in_momentum=False, weight_decay=weight_decay,
       decoupled_weight_decay=False, maximize=maximize,
   )
@@ -109,9 +110,9 @@ def keras(
   with :math:`v_0 = 0`, :math:`m` only when centered, and decoupled weight decay applied
   only when ``weight_decay`` is set.
   """
-  return rmsprop(
-      learning_rate, decay=rho, eps=epsilon, eps_in_sqrt=True, initial_scale=0.0,
-      centered=centered, momentum=_momentum_or_none(momentum), lr_in_momentum=True,
+  return make(
+      "presets.keras", {"decay": "rho", "eps": "epsilon"}, learning_rate, rho, epsilon,
+      eps_in_sqrt=True, initial_scale=0.0, centered=centered, momentum=_momentum_or_none(momentum), lr_in_momentum=True,
       weight_decay=0.0 if weight_decay is None else weight_decay,
       decoupled_weight_decay=True,
   )
@@ -134,9 +135,9 @@ def tf1(
   with :math:`v_0 = 1` (so the first steps are small, not large), :math:`m_0 = 0` when
   centered. TF1 always runs the momentum path; with momentum 0 it is the plain step.
   """
-  return rmsprop(
-      learning_rate, decay=decay, eps=epsilon, eps_in_sqrt=True, initial_scale=1.0,
-      centered=centered, momentum=_momentum_or_none(momentum), lr_in_momentum=True,
+  return make(
+      "presets.tf1", {"eps": "epsilon"}, learning_rate, decay, epsilon, eps_in_sqrt=True,
+      initial_scale=1.0, centered=centered, momentum=_momentum_or_none(momentum), lr_in_momentum=True,
   )
 
 
@@ -160,8 +161,8 @@ def optax(
 
   with the learning-rate schedule evaluated at the count before the update, as Optax does.
   """
-  return rmsprop(
-      learning_rate, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt,
+  return make(
+      "presets.optax", {}, learning_rate, decay, eps, eps_in_sqrt=eps_in_sqrt,
       initial_scale=initial_scale, centered=centered, momentum=momentum, nesterov=nesterov,
       lr_in_momentum=True, bias_correction=bias_correction,
   )
@@ -183,8 +184,9 @@ def timm_tf(
   :math:`p \leftarrow p (1 - \eta\lambda)`; ``lr_in_momentum`` chooses TF1's buffer of
   lr-scaled steps or PyTorch's buffer of raw steps.
   """
-  return rmsprop(
-      lr, decay=alpha, eps=eps, eps_in_sqrt=True, initial_scale=1.0, centered=centered,
+  return make(
+      "presets.timm_tf", {"learning_rate": "lr", "decay": "alpha"}, lr, alpha, eps,
+      eps_in_sqrt=True, initial_scale=1.0, centered=centered,
       momentum=_momentum_or_none(momentum), lr_in_momentum=lr_in_momentum,
       weight_decay=weight_decay, decoupled_weight_decay=decoupled_decay,
   )

@@ -39,6 +39,14 @@ class Quadratic:
   seed: int = 0
   steps: int = 100
   complex_leaves: tuple = ()
+  # For maximize=True: the gradient of -f, so that ascent converges instead of diverging.
+  negate: bool = False
+  # A zero first gradient, from zero params (so that coupled weight decay adds nothing). A
+  # centered, bias-corrected first step divides g by the root of v - m^2 = 0 (plus eps):
+  # every implementation returns its own rounding noise times 1/sqrt(eps) there, so
+  # trajectories through it cannot be compared at 1e-5. From the second step on, v - m^2 is
+  # a proper variance.
+  zero_first_step: bool = False
 
   def __post_init__(self):
     rng = np.random.default_rng(self.seed)
@@ -54,7 +62,7 @@ class Quadratic:
       self.a.append(draw(n, n) / np.sqrt(n))
       self.b.append(draw(n))
       self.noise.append(0.3 * draw(self.steps, n))
-      self.init.append(draw(n).reshape(shape))
+      self.init.append(draw(n).reshape(shape) * (0.0 if self.zero_first_step else 1.0))
 
   def params(self) -> list:
     """The starting point, float32 (complex64 for complex leaves)."""
@@ -66,6 +74,8 @@ class Quadratic:
     for p, a, b, noise in zip(params, self.a, self.b, self.noise):
       flat = np.asarray(p, dtype=np.complex128 if np.iscomplexobj(p) else np.float64).ravel()
       g = a.conj().T @ (a @ flat - b) + noise[t]
+      g = -g if self.negate else g
+      g = 0 * g if (self.zero_first_step and t == 0) else g
       out.append(g.reshape(np.shape(p)).astype(np.complex64 if np.iscomplexobj(g) else np.float32))
     return out
 
@@ -214,6 +224,29 @@ class TimmRMSpropTFReference:
       out.append(p)
     self.t += 1
     return out
+
+
+def run_optax(opt, problem: Quadratic, steps: int, use_jit: bool = True) -> list:
+  """Runs an Optax transformation on `problem` for `steps` steps; returns NumPy params.
+
+  Gradients come from NumPy at the optimizer's own current params, so whole trajectories are
+  compared. With `use_jit` the train step is jitted with params and state donated.
+  """
+  import jax.numpy as jnp
+  import optax
+
+  def train_step(grads, state, params):
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  if use_jit:
+    train_step = jax.jit(train_step, donate_argnums=(1, 2))
+  params = [jnp.asarray(p) for p in problem.params()]
+  state = opt.init(params)
+  for t in range(steps):
+    grads = [jnp.asarray(g) for g in problem.grads([np.asarray(p) for p in params], t)]
+    params, state = train_step(grads, state, params)
+  return [np.asarray(p) for p in params]
 
 
 def assert_close_to_scale(actual: list, expected: list, rtol: float = 1e-5, what: str = ""):

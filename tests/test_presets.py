@@ -1,0 +1,190 @@
+"""Each preset against the real framework (PyTorch, Keras 3 on JAX, Optax) or a transcription.
+
+Random least-squares problems, 100 steps, a learning rate that changes at every step, float32
+throughout; agreement within 1e-5 of the parameters' scale.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+import optax as optax_lib
+import pytest
+import torch
+
+import helpers
+from rmsprop_optax import presets
+
+STEPS = 100
+SHAPES = ((4, 3), (6,))
+
+
+def _schedule(lrs):
+  table = jnp.asarray(lrs)
+  return lambda count: table[count]
+
+
+# --- PyTorch --------------------------------------------------------------------------------
+
+
+def _torch_run(problem, lrs, **kwargs):
+  params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in problem.params()]
+  opt = torch.optim.RMSprop(params, lr=float(lrs[0]), foreach=False, **kwargs)
+  for t in range(STEPS):
+    grads = problem.grads([p.detach().numpy() for p in params], t)
+    for p, g in zip(params, grads):
+      p.grad = torch.from_numpy(g)
+    for group in opt.param_groups:
+      group["lr"] = float(lrs[t])
+    opt.step()
+  return [p.detach().numpy() for p in params]
+
+
+TORCH_CASES = list(itertools.product([False, True], [0, 0.9], [0, 0.05], [False, True]))
+
+
+@pytest.mark.parametrize(
+    "centered,momentum,weight_decay,maximize", TORCH_CASES,
+    ids=[f"centered={c}-momentum={m}-wd={w}-maximize={x}" for c, m, w, x in TORCH_CASES],
+)
+def test_pytorch_preset_matches_torch_optim_rmsprop(centered, momentum, weight_decay, maximize):
+  problem = helpers.Quadratic(SHAPES, seed=TORCH_CASES.index((centered, momentum, weight_decay, maximize)),
+                              steps=STEPS, negate=maximize)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=2)
+  kwargs = dict(alpha=0.99, eps=1e-8, weight_decay=weight_decay, momentum=momentum,
+                centered=centered, maximize=maximize)
+  expected = _torch_run(problem, lrs, **kwargs)
+  ours = helpers.run_optax(presets.pytorch(_schedule(lrs), **kwargs), problem, STEPS)
+  helpers.assert_close_to_scale(ours, expected)
+
+
+def test_pytorch_preset_treats_complex_parts_as_independent_reals_like_torch():
+  problem = helpers.Quadratic(((3,), (2, 2)), seed=21, steps=STEPS, complex_leaves=(0,))
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=3)
+  kwargs = dict(alpha=0.9, eps=1e-8, momentum=0.5, centered=True)
+  expected = _torch_run(problem, lrs, **kwargs)
+  ours = helpers.run_optax(presets.pytorch(_schedule(lrs), **kwargs), problem, STEPS)
+  helpers.assert_close_to_scale(ours, expected)
+
+
+def test_pytorch_preset_defaults_are_torch_defaults():
+  problem = helpers.Quadratic(SHAPES, seed=22, steps=STEPS)
+  params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in problem.params()]
+  opt = torch.optim.RMSprop(params)  # lr 1e-2, alpha 0.99, eps 1e-8
+  for t in range(STEPS):
+    for p, g in zip(params, problem.grads([p.detach().numpy() for p in params], t)):
+      p.grad = torch.from_numpy(g)
+    opt.step()
+  ours = helpers.run_optax(presets.pytorch(), problem, STEPS)
+  helpers.assert_close_to_scale(ours, [p.detach().numpy() for p in params])
+
+
+# --- Keras 3 (JAX backend) ------------------------------------------------------------------
+
+
+def _keras_run(problem, lrs, **kwargs):
+  import keras
+
+  class TableSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, table):
+      self.table = keras.ops.convert_to_tensor(table)
+
+    def __call__(self, step):
+      return keras.ops.take(self.table, keras.ops.cast(step, "int32"))
+
+  with helpers.standard_promotion():
+    variables = [keras.Variable(p.copy(), dtype="float32") for p in problem.params()]
+    opt = keras.optimizers.RMSprop(learning_rate=TableSchedule(lrs), **kwargs)
+    for t in range(STEPS):
+      grads = problem.grads([np.asarray(v.numpy()) for v in variables], t)
+      opt.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in grads], variables))
+    return [np.asarray(v.numpy()) for v in variables]
+
+
+KERAS_CASES = list(itertools.product([False, True], [0.0, 0.9], [None, 0.05]))
+
+
+@pytest.mark.parametrize(
+    "centered,momentum,weight_decay", KERAS_CASES,
+    ids=[f"centered={c}-momentum={m}-wd={w}" for c, m, w in KERAS_CASES],
+)
+def test_keras_preset_matches_keras_optimizers_rmsprop(centered, momentum, weight_decay):
+  problem = helpers.Quadratic(SHAPES, seed=40 + KERAS_CASES.index((centered, momentum, weight_decay)), steps=STEPS)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=5)
+  kwargs = dict(rho=0.9, momentum=momentum, epsilon=1e-7, centered=centered, weight_decay=weight_decay)
+  expected = _keras_run(problem, lrs, **kwargs)
+  ours = helpers.run_optax(presets.keras(_schedule(lrs), **kwargs), problem, STEPS)
+  helpers.assert_close_to_scale(ours, expected)
+
+
+# --- Optax ----------------------------------------------------------------------------------
+
+OPTAX_CASES = [
+    dict(centered=c, momentum=m, nesterov=n, eps_in_sqrt=e, bias_correction=b, initial_scale=s)
+    for c, (m, n), e, b, s in itertools.product(
+        [False, True], [(None, False), (0.9, False), (0.9, True)], [True, False], [False, True], [0.0, 0.5]
+    )
+]
+
+
+@pytest.mark.parametrize("kwargs", OPTAX_CASES, ids=["-".join(f"{k}={v}" for k, v in c.items()) for c in OPTAX_CASES])
+def test_optax_preset_matches_optax_rmsprop(kwargs):
+  problem = helpers.Quadratic(SHAPES, seed=60 + OPTAX_CASES.index(kwargs), steps=STEPS,
+                              zero_first_step=kwargs["centered"] and kwargs["bias_correction"])
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=6)
+  with helpers.standard_promotion():  # optax's bias correction mixes a float and the int32 count
+    expected = helpers.run_optax(optax_lib.rmsprop(_schedule(lrs), decay=0.9, eps=1e-6, **kwargs), problem, STEPS)
+  ours = helpers.run_optax(presets.optax(_schedule(lrs), decay=0.9, eps=1e-6, **kwargs), problem, STEPS)
+  helpers.assert_close_to_scale(ours, expected)
+
+
+# --- TF1 and timm, against transcriptions of their equations ---------------------------------
+
+
+def _transcription_run(reference, problem):
+  params = [p.astype(np.float64) for p in problem.params()]
+  for t in range(STEPS):
+    params = reference.step(params, problem.grads(params, t))
+  return params
+
+
+TF1_CASES = list(itertools.product([False, True], [0.0, 0.9]))
+
+
+@pytest.mark.parametrize("centered,momentum", TF1_CASES, ids=[f"centered={c}-momentum={m}" for c, m in TF1_CASES])
+def test_tf1_preset_matches_the_tf1_kernel_equations(centered, momentum):
+  problem = helpers.Quadratic(SHAPES, seed=80 + TF1_CASES.index((centered, momentum)), steps=STEPS)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=7)
+  expected = _transcription_run(
+      helpers.TF1Reference(problem.params(), lambda t: float(lrs[t]), decay=0.9, momentum=momentum,
+                           epsilon=1e-10, centered=centered), problem)
+  ours = helpers.run_optax(presets.tf1(_schedule(lrs), decay=0.9, momentum=momentum, centered=centered), problem, STEPS)
+  helpers.assert_close_to_scale(ours, expected)
+
+
+TIMM_CASES = [
+    dict(centered=c, momentum=m, lr_in_momentum=lim, weight_decay=w, decoupled_decay=d)
+    for c, (m, lim), (w, d) in itertools.product(
+        [False, True], [(0.0, True), (0.9, True), (0.9, False)], [(0, False), (0.05, False), (0.05, True)]
+    )
+]
+
+
+@pytest.mark.parametrize("kwargs", TIMM_CASES, ids=["-".join(f"{k}={v}" for k, v in c.items()) for c in TIMM_CASES])
+def test_timm_tf_preset_matches_rmsproptf_equations(kwargs):
+  problem = helpers.Quadratic(SHAPES, seed=100 + TIMM_CASES.index(kwargs), steps=STEPS)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=8)
+  expected = _transcription_run(
+      helpers.TimmRMSpropTFReference(problem.params(), lambda t: float(lrs[t]), alpha=0.9, eps=1e-10, **kwargs),
+      problem)
+  ours = helpers.run_optax(presets.timm_tf(_schedule(lrs), alpha=0.9, eps=1e-10, **kwargs), problem, STEPS)
+  helpers.assert_close_to_scale(ours, expected)
+
+
+def test_presets_keep_no_momentum_buffer_when_momentum_is_zero():
+  params = {"w": jnp.ones(3, jnp.float32)}
+  for opt in (presets.pytorch(), presets.keras(), presets.tf1(0.1), presets.timm_tf()):
+    assert opt.init(params).momentum == optax_lib.EmptyState()
+  assert presets.pytorch(momentum=0.9).init(params).momentum["w"].shape == (3,)

@@ -1,0 +1,168 @@
+"""`rmsprop` against the float64 NumPy reference of its equations, for every flag combination."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import helpers
+from rmsprop_optax import rmsprop, scale_by_rms
+
+STEPS = 100
+
+
+def test_seed_example_matches_the_published_numbers():
+  # The seed document's example: eps inside the root, decay 0.9, lr 0.01, v_0 = 0.
+  opt = rmsprop(learning_rate=0.01, decay=0.9, eps=1e-8)
+  params = jnp.array([0.2, 0.4, 0.6], jnp.float32)
+  updates, _ = opt.update(jnp.array([-0.5, 0.3, 0.24], jnp.float32), opt.init(params), params)
+  np.testing.assert_allclose(
+      optax.apply_updates(params, updates), [0.23162277, 0.36837724, 0.56837725], rtol=1e-7, atol=1e-7
+  )
+
+
+def test_first_step_size_is_lr_over_root_of_one_minus_decay():
+  # With v_0 = 0 and no bias correction, each coordinate's first step is lr / sqrt(1 - decay).
+  lr, decay = 0.03, 0.99
+  opt = rmsprop(lr, decay, eps=0.0)
+  grads = jnp.array([1e-3, -2.0, 50.0], jnp.float32)
+  updates, _ = opt.update(grads, opt.init(jnp.zeros(3, jnp.float32)))
+  np.testing.assert_allclose(np.abs(updates), lr / np.sqrt(1 - decay), rtol=1e-6)
+
+
+# Every combination of the boolean flags, with momentum off / on / Nesterov, lr inside and
+# outside the buffer, and weight decay off / coupled / decoupled.
+MOMENTUM_MODES = [(None, False, True), (0.9, False, True), (0.9, False, False), (0.8, True, True), (0.8, True, False)]
+DECAY_MODES = [(0.0, False), (0.05, False), (0.05, True)]
+COMBINATIONS = list(itertools.product(
+    [True, False],  # eps_in_sqrt
+    [False, True],  # centered
+    MOMENTUM_MODES,
+    [False, True],  # bias_correction
+    DECAY_MODES,
+    [False, True],  # maximize
+))
+
+
+def _case_id(case):
+  eps_in_sqrt, centered, (mom, nesterov, lr_in), bias, (wd, decoupled), maximize = case
+  parts = ["eps_in" if eps_in_sqrt else "eps_out"]
+  parts += ["centered"] * centered
+  if mom is not None:
+    parts.append(("nesterov" if nesterov else "momentum") + ("" if lr_in else "_lr_out"))
+  parts += ["bias"] * bias
+  if wd:
+    parts.append("decoupled_wd" if decoupled else "coupled_wd")
+  parts += ["maximize"] * maximize
+  return "-".join(parts)
+
+
+def _configs(case, lrs):
+  eps_in_sqrt, centered, (mom, nesterov, lr_in), bias, (wd, decoupled), maximize = case
+  # initial_scale varies with the case so that both 0 and a positive start are covered.
+  initial_scale = 0.5 if (centered != bias) else 0.0
+  kwargs = dict(
+      eps=1e-6, eps_in_sqrt=eps_in_sqrt, initial_scale=initial_scale, centered=centered,
+      momentum=mom, nesterov=nesterov, lr_in_momentum=lr_in, bias_correction=bias,
+      weight_decay=wd, decoupled_weight_decay=decoupled, maximize=maximize,
+  )
+  table = jnp.asarray(lrs)
+  ours = rmsprop(lambda count: table[count], decay=0.9, **kwargs)
+  ref = helpers.RefConfig(learning_rate=lambda t: float(lrs[t]), decay=0.9, **kwargs)
+  return ours, ref
+
+
+def _reference_run(ref_cfg, problem):
+  params = [p.astype(np.complex128 if np.iscomplexobj(p) else np.float64) for p in problem.params()]
+  ref = helpers.ReferenceRMSProp(ref_cfg, params)
+  for t in range(STEPS):
+    params = ref.step(params, problem.grads(params, t))
+  return params
+
+
+@pytest.mark.parametrize("case", COMBINATIONS, ids=[_case_id(c) for c in COMBINATIONS])
+def test_every_flag_combination_tracks_the_numpy_reference(case):
+  problem = helpers.Quadratic(
+      shapes=((3, 4), (5,)), seed=COMBINATIONS.index(case), steps=STEPS, negate=case[-1],
+      zero_first_step=case[1] and case[3],  # centered and bias-corrected
+  )
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=1)
+  ours, ref_cfg = _configs(case, lrs)
+  expected = _reference_run(ref_cfg, problem)
+  helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS, use_jit=True), expected, what="jit")
+  helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS, use_jit=False), expected, what="eager")
+
+
+def test_decay_and_eps_schedules_follow_the_step_count():
+  problem = helpers.Quadratic(shapes=((6,), (2, 3)), seed=7, steps=STEPS)
+  decays = np.linspace(0.5, 0.99, STEPS)
+  epss = np.geomspace(1e-3, 1e-8, STEPS)
+  lrs = helpers.lr_table(STEPS, seed=3)
+  d_table, e_table, l_table = (jnp.asarray(x, jnp.float32) for x in (decays, epss, lrs))
+  ours = rmsprop(lambda c: l_table[c], decay=lambda c: d_table[c], eps=lambda c: e_table[c], centered=True)
+  params = [p.astype(np.complex128 if np.iscomplexobj(p) else np.float64) for p in problem.params()]
+  # The reference sees each schedule's float32 value, as the package does.
+  ref = helpers.ReferenceRMSProp(
+      helpers.RefConfig(
+          learning_rate=lambda t: float(lrs[t]), decay=lambda t: float(np.float32(decays[t])),
+          eps=0.0, centered=True,
+      ),
+      params,
+  )
+  for t in range(STEPS):
+    ref.cfg.eps = float(np.float32(epss[t]))
+    params = ref.step(params, problem.grads(params, t))
+  helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS, use_jit=True), params)
+
+
+def test_scale_by_rms_is_rmsprop_without_learning_rate():
+  for centered, bias in itertools.product([False, True], repeat=2):
+    problem = helpers.Quadratic(shapes=((4,),), seed=11, steps=STEPS, zero_first_step=centered and bias)
+    chained = optax.chain(scale_by_rms(0.95, 1e-7, centered=centered, bias_correction=bias), optax.scale(-0.02))
+    expected = _reference_run(
+        helpers.RefConfig(learning_rate=lambda t: 0.02, decay=0.95, eps=1e-7, centered=centered,
+                          bias_correction=bias), problem)
+    helpers.assert_close_to_scale(helpers.run_optax(chained, problem, STEPS, use_jit=True), expected)
+
+
+def test_complex_parameters_track_the_reference_with_one_average_of_magnitudes():
+  problem = helpers.Quadratic(shapes=((3,), (2, 2)), seed=5, steps=STEPS, complex_leaves=(0,))
+  lrs = helpers.lr_table(STEPS, seed=4)
+  table = jnp.asarray(lrs)
+  ours = rmsprop(lambda c: table[c], decay=0.9, centered=True, momentum=0.5)
+  expected = _reference_run(
+      helpers.RefConfig(learning_rate=lambda t: float(lrs[t]), decay=0.9, centered=True, momentum=0.5),
+      problem,
+  )
+  state = ours.init([jnp.asarray(p) for p in problem.params()])
+  assert state.nu[0].dtype == jnp.float32 and state.momentum[0].dtype == jnp.complex64
+  helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS, use_jit=True), expected)
+
+
+def test_weight_decay_mask_exempts_leaves():
+  problem = helpers.Quadratic(shapes=((4,), (3,)), seed=9, steps=STEPS)
+  opt = rmsprop(0.01, weight_decay=0.2, decoupled_weight_decay=True, weight_decay_mask=[True, False])
+  decayed = _reference_run(helpers.RefConfig(learning_rate=lambda t: 0.01, weight_decay=0.2,
+                                             decoupled_weight_decay=True), problem)
+  plain = _reference_run(helpers.RefConfig(learning_rate=lambda t: 0.01), problem)
+  got = helpers.run_optax(opt, problem, STEPS, use_jit=True)
+  helpers.assert_close_to_scale(got[:1], decayed[:1])
+  helpers.assert_close_to_scale(got[1:], plain[1:])
+  # A callable mask gives the same result.
+  by_fn = rmsprop(0.01, weight_decay=0.2, decoupled_weight_decay=True,
+                  weight_decay_mask=lambda params: [True, False])
+  helpers.assert_close_to_scale(helpers.run_optax(by_fn, problem, STEPS, use_jit=True), got, rtol=0)
+
+
+def test_none_leaves_pass_through():
+  opt = rmsprop(0.1, momentum=0.9, centered=True)
+  params = {"w": jnp.ones(3, jnp.float32), "frozen": None}
+  state = opt.init(params)
+  updates, state = opt.update({"w": jnp.ones(3, jnp.float32), "frozen": None}, state, params)
+  assert updates["frozen"] is None and state.nu["frozen"] is None
+  assert updates["w"].shape == (3,)
