@@ -6,7 +6,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 #: What a state field holds when the configuration does not use it: a pytree node with no
 #: leaves, so the state's structure depends only on the configuration and the params.
@@ -33,15 +35,43 @@ class RMSPropState(NamedTuple):
 def filled_like(x: jax.Array, value: float, dtype: Any) -> jax.Array:
   """An array of `value` with `x`'s shape and, under `jit` too, `x`'s sharding.
 
-  A constant has no operand to inherit a sharding from, so under `jit` XLA is free to put
-  all of it on one device (the out-of-memory on device 0 that a plain `zeros_like` risks at
-  scale). Selecting between `x` and the constant with an all-false predicate ties the
-  result to `x`, and SPMD propagation gives it `x`'s layout; the result holds exactly
-  `value`, whatever `x` holds (inf and NaN included).
+  A constant has no operand to inherit a sharding from, so under `jit` with automatic mesh
+  axes XLA is free to replicate it on every device (the out-of-memory that a plain
+  `zeros_like` risks at scale). The result is therefore selected, element by element, between
+  `x` and the constant by a predicate computed from `x` that is always false (no number is
+  both NaN and infinite) but that the compiler cannot fold away as it folds a constant
+  predicate: the select depends on `x`, and sharding propagation gives it `x`'s layout. The
+  result holds exactly `value`, whatever `x` holds (inf and NaN included). With explicit
+  mesh axes, `full_like` carries `x`'s sharding in the type, as the select requires.
   """
-  source = jnp.real(x) if not jnp.issubdtype(dtype, jnp.complexfloating) else x
-  fill = jnp.full(x.shape, value, dtype)
-  return jax.lax.select(jnp.zeros(x.shape, jnp.bool_), source.astype(dtype), fill)
+  real = jnp.real(x)
+  source = (x if jnp.issubdtype(dtype, jnp.complexfloating) else real).astype(dtype)
+  # Tested on the real part: a complex number is both NaN and infinite when one part is NaN
+  # and the other infinite, a real number never is.
+  never = jnp.isnan(real) & jnp.isinf(real)
+  return jax.lax.select(never, source, jax.lax.full_like(source, value))
+
+
+def zero_count(params: Any) -> jax.Array:
+  """The step counter's first value: int32 zero, on the devices that hold `params`.
+
+  Params sharded over a mesh (concrete arrays with a `NamedSharding`) get a counter
+  replicated over that same mesh. A counter left on the default device works until something
+  commits it there (a checkpoint restored from the state's own shapes and shardings, a
+  `device_put`): the next jitted update then mixes arrays on device 0 with arrays on the
+  whole mesh and fails with "incompatible devices". Under a trace (`jit`, `eval_shape`) the
+  params have no concrete placement and the counter is an ordinary zero, which `jit`
+  places with its other outputs. Building it with `make_array_from_callback` also works
+  when the mesh spans several processes (`jax.distributed.initialize()`).
+  """
+  for leaf in jax.tree.leaves(params):
+    if isinstance(leaf, jax.core.Tracer) or not isinstance(leaf, jax.Array):
+      continue
+    sharding = leaf.sharding
+    if isinstance(sharding, NamedSharding):
+      replicated = NamedSharding(sharding.mesh, PartitionSpec())
+      return jax.make_array_from_callback((), replicated, lambda _: np.zeros((), np.int32))
+  return jnp.zeros([], jnp.int32)
 
 
 def increment(count: jax.Array) -> jax.Array:
