@@ -33,7 +33,11 @@ def _mix(h: jax.Array) -> jax.Array:
 
 def stream_key(seed: int, count: jax.Array, stream: int) -> jax.Array:
   """A uint32 scalar naming one (seed, step, stream) triple; streams separate leaves and fields."""
-  h = _mix(jnp.uint32(seed & 0xFFFFFFFF) ^ _GOLDEN)
+  if isinstance(seed, (jax.Array, np.ndarray)):  # injected by optax.inject_hyperparams
+    seed_bits = jnp.asarray(seed).astype(jnp.uint32)
+  else:
+    seed_bits = jnp.uint32(seed & 0xFFFFFFFF)
+  h = _mix(seed_bits ^ _GOLDEN)
   h = _mix(h ^ count.astype(jnp.uint32))
   return _mix(h ^ (jnp.uint32(stream & 0xFFFFFFFF) * _GOLDEN))
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from rmsprop_optax import _rounding, _validation
-from rmsprop_optax._state import EMPTY, RMSPropState, filled_like, increment
+from rmsprop_optax._state import EMPTY, RMSPropState, filled_like, increment, zero_count
 
 Scalar = Union[float, jax.Array]
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], Any]]
@@ -115,7 +115,7 @@ def build(config: _Config) -> optax.GradientTransformation:
       )
 
     return RMSPropState(
-        count=jnp.zeros([], jnp.int32),
+        count=zero_count(params),
         nu=buffers(config.initial_scale, config.nu_dtype, True),
         mu=buffers(0.0, config.nu_dtype, False) if config.centered else EMPTY,
         momentum=buffers(0.0, config.momentum_dtype, False) if use_momentum else EMPTY,

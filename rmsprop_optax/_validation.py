@@ -72,6 +72,12 @@ def check_dtype(fn: str, name: str, dtype: Any) -> Any:
   """Returns `dtype` as a NumPy dtype, or raises unless it is None or a real floating dtype."""
   if dtype is None:
     return None
+  if isinstance(dtype, (jax.Array, np.ndarray)):
+    raise TypeError(
+        f"{fn}: `{name}` must be None or a floating dtype, but got an array ({dtype!r}). "
+        "optax.inject_hyperparams calls dtype classes such as jnp.bfloat16 as if they were "
+        f"schedules: pass {name}='bfloat16' (a string), or list '{name}' in its static_args."
+    )
   try:
     resolved = jnp.dtype(dtype)
   except TypeError as error:
@@ -89,10 +95,14 @@ def check_dtype(fn: str, name: str, dtype: Any) -> Any:
 
 
 def check_int(fn: str, name: str, value: Any) -> None:
+  # An integer scalar array passes too: optax.inject_hyperparams turns every int into one.
+  if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0 and jnp.issubdtype(value.dtype, jnp.integer):
+    return
   if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
     raise TypeError(
-        f"{fn}: `{name}` must be a Python int, but got {name}={value!r}. Pass an integer "
-        "such as 0; the random bits of stochastic rounding are derived from it."
+        f"{fn}: `{name}` must be an int (or an integer scalar array), but got "
+        f"{name}={value!r}. Pass an integer such as 0; the random bits of stochastic "
+        "rounding are derived from it."
     )
 
 

@@ -66,8 +66,16 @@ def test_non_floating_state_dtypes_are_rejected():
     scale_by_rms(nu_dtype="half-precision-please")
 
 
+def test_dtype_arrays_from_inject_hyperparams_get_a_clear_error():
+  with pytest.raises(TypeError, match=r"`nu_dtype` must be None or a floating dtype, but got an array.*nu_dtype='bfloat16'"):
+    optax.inject_hyperparams(rmsprop)(learning_rate=0.1, nu_dtype=jnp.bfloat16).init(jnp.ones(3, jnp.float32))
+  # The suggested fix works.
+  state = optax.inject_hyperparams(rmsprop)(learning_rate=0.1, nu_dtype="bfloat16").init(jnp.ones(3, jnp.float32))
+  assert state.inner_state.nu.dtype == jnp.bfloat16
+
+
 def test_seed_must_be_an_int():
-  with pytest.raises(TypeError, match=r"`seed` must be a Python int, but got seed=1.5"):
+  with pytest.raises(TypeError, match=r"`seed` must be an int \(or an integer scalar array\), but got seed=1.5"):
     rmsprop(0.1, stochastic_rounding=True, seed=1.5)
 
 
