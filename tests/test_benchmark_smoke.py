@@ -1,0 +1,43 @@
+"""The benchmark suite runs end to end at a tiny size, so it cannot rot (timings are not checked)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def run_module():
+  sys.path.insert(0, str(BENCHMARKS))
+  try:
+    import run
+
+    yield run
+  finally:
+    sys.path.remove(str(BENCHMARKS))
+
+
+def test_quick_benchmark_writes_its_report(run_module, tmp_path):
+  results = run_module.main(["--quick", "--out", str(tmp_path)])
+
+  assert {"results.json", "results.md", "results.png"} <= {p.name for p in tmp_path.iterdir()}
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert {row["config"] for row in saved["steps"]} == {"plain", "bf16_nu"}
+  for row in results["steps"]:
+    # Every contender ran and every ratio is a positive number; their values are not checked.
+    assert all(seconds > 0 for seconds in row["seconds"].values())
+    assert all(ratio > 0 for ratio in row["ratios"].values())
+    # The jitted steps really updated in place: a benchmark without donation would be unfair.
+    assert all(row["donated"][name] is True for name in ("ours", "optax", "floor"))
+  plain = next(row for row in results["steps"] if row["config"] == "plain")
+  assert plain["donated"]["ours_undonated"] is False
+  bf16 = next(row for row in results["steps"] if row["config"] == "bf16_nu")
+  assert bf16["state_bytes"]["ours"] * 2 == bf16["state_bytes"]["ours_f32_state"]
+  assert results["compile"] and all(row["ours"]["total_s"] > 0 for row in results["compile"])
+  report = (tmp_path / "results.md").read_text()
+  assert "## Targets" in report and "## Compile time" in report
