@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import time
 import warnings
 from typing import Any, Callable
@@ -109,44 +111,20 @@ def step_peak_growth(contender) -> int | None:
   return max(0, peak - before) * 1024
 
 
-def jax_threads(size: int = 4_000_000, calls: int = 5) -> int:
-  """How many threads XLA's CPU backend runs one large elementwise kernel on at once.
+def jax_threads(size: int = 4_000_000) -> int:
+  """How many threads XLA's CPU backend splits one large elementwise kernel across.
 
-  Read from a profile (the most kernel events that overlap in time, over all threads), not
-  from CPU time over wall time, which a loaded machine drives below one. This is the thread
-  count to give PyTorch for a like-for-like comparison; 1 if the profile cannot be read.
+  Read from the compiled HLO: XLA:CPU records the partitions of a parallel loop in the
+  fusion's ``outer_dimension_partitions``. This is the thread count to give PyTorch for a
+  like-for-like comparison; 1 where the kernel is not partitioned (or on another backend).
   """
-  import glob
-  import tempfile
-
   x = jax.numpy.ones(size, jax.numpy.float32)
-  f = jax.jit(lambda x: jax.numpy.sqrt(x * x + 1.0))
-  f(x).block_until_ready()
-  try:
-    from jax._src.lib import _profile_data  # noqa: PLC0415  (private, hence the fallback)
-
-    with tempfile.TemporaryDirectory() as folder:
-      jax.profiler.start_trace(folder)
-      try:
-        for _ in range(calls):
-          f(x).block_until_ready()
-      finally:
-        jax.profiler.stop_trace()
-      (path,) = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)
-      profile = _profile_data.ProfileData.from_file(path)
-    edges = []
-    for plane in profile.planes:
-      for line in plane.lines:
-        for event in line.events:
-          if "fusion" in event.name and not event.name.startswith("end:"):
-            edges += [(event.start_ns, 1), (event.start_ns + event.duration_ns, -1)]
-  except Exception:  # noqa: BLE001  (any failure to profile: assume the common case)
-    return 1
-  running = most = 0
-  for _, change in sorted(edges, key=lambda e: (e[0], e[1])):
-    running += change
-    most = max(most, running)
-  return max(1, most)
+  text = jax.jit(lambda x: jax.numpy.sqrt(x * x + 1.0)).lower(x).compile().as_text() or ""
+  most = 1
+  for match in re.finditer(r'"outer_dimension_partitions":\[([^\]]*)\]', text):
+    parts = [int(p) for p in re.findall(r"\d+", match.group(1))]
+    most = max(most, math.prod(parts) if parts else 1)
+  return most
 
 
 def cpu_name() -> str:

@@ -108,41 +108,48 @@ def test_updates_follow_a_bfloat16_gradient_even_with_float32_params_and_state()
   assert state.nu.dtype == F32 and state.momentum.dtype == F32
 
 
-def test_first_step_with_bfloat16_state_uses_the_unrounded_float32_average():
-  # Arithmetic stays in float32: the step divides by the freshly computed float32 average,
-  # and only what is stored is rounded. A bfloat16 average would be off by up to 2**-9.
+def test_bfloat16_state_steps_with_the_average_as_stored():
+  # Arithmetic is float32; the step divides by the average as stored (rounded to bfloat16),
+  # so a step depends only on what a checkpoint holds, and XLA reads the buffer it just wrote.
   lr, decay, eps = 0.01, 0.9, 1e-8
   grads = np.array([-0.5, 0.3, 0.24, 1.7e-3, 3.3], np.float32)
   opt = rmsprop(lr, decay, eps, nu_dtype=jnp.bfloat16)
   updates, state = opt.update(jnp.asarray(grads), opt.init(jnp.zeros(5, jnp.float32)))
-  g = grads.astype(np.float64)
-  v1 = (1 - decay) * g * g
-  np.testing.assert_allclose(updates, -lr * g / np.sqrt(v1 + eps), rtol=2e-6)
   # What is stored is the nearest bfloat16 of the float32 average.
   v1_f32 = np.float32(decay) * np.float32(0) + np.float32(1 - decay) * (grads * grads)
-  np.testing.assert_array_equal(np.asarray(state.nu, np.float32), round_to_nearest(v1_f32, BF16))
-
-  # The second step starts from that stored bfloat16 value, again in float32 arithmetic.
-  grads2 = np.array([0.1, -0.2, 0.3, -0.4, 0.5], np.float32)
-  updates2, _ = opt.update(jnp.asarray(grads2), state)
   v1_stored = round_to_nearest(v1_f32, BF16).astype(np.float64)
-  v2 = decay * v1_stored + (1 - decay) * grads2.astype(np.float64) ** 2
-  np.testing.assert_allclose(updates2, -lr * grads2 / np.sqrt(v2 + eps), rtol=2e-6)
+  np.testing.assert_array_equal(np.asarray(state.nu, np.float64), v1_stored)
+  expected = -lr * grads / np.sqrt(v1_stored + eps)
+  np.testing.assert_allclose(updates, expected, rtol=2e-6)
+  # The tolerance tells the two choices apart: the unrounded average gives another step.
+  unrounded = -lr * grads / np.sqrt(v1_f32.astype(np.float64) + eps)
+  assert np.max(np.abs(unrounded / expected - 1)) > 1e-4
+
+  # The second step starts from the stored value, again in float32 arithmetic.
+  grads2 = np.array([0.1, -0.2, 0.3, -0.4, 0.5], np.float32)
+  updates2, state2 = opt.update(jnp.asarray(grads2), state)
+  v2_f32 = np.float32(decay) * v1_stored.astype(np.float32) + np.float32(1 - decay) * (grads2 * grads2)
+  v2_stored = round_to_nearest(v2_f32, BF16).astype(np.float64)
+  np.testing.assert_array_equal(np.asarray(state2.nu, np.float64), v2_stored)
+  np.testing.assert_allclose(updates2, -lr * grads2 / np.sqrt(v2_stored + eps), rtol=2e-6)
 
 
-def test_float16_gradients_keep_their_eps_because_arithmetic_is_float32():
-  # eps = 1e-8 is 0 in float16 and g**2 = 1e-6 is a float16 subnormal: computed in float16,
-  # this step would come out about 5% too large.
+def test_float16_state_keeps_its_eps_because_arithmetic_is_float32():
+  # eps = 1e-8 is 0 in float16, and the average (1 - decay) * g**2 = 1e-7 is a float16
+  # subnormal: the step adds eps in float32 to the average as stored.
   lr, decay, eps = 0.01, 0.9, 1e-8
   assert np.float16(eps) == 0
   grads = jnp.full(4, 1e-3, jnp.float16)
   opt = rmsprop(lr, decay, eps, nu_dtype=jnp.float16)
-  updates, _ = opt.update(grads, opt.init(jnp.zeros(4, jnp.float16)))
-  g = float(np.float16(1e-3))
-  expected = -lr * g / np.sqrt((1 - decay) * g * g + eps)
+  updates, state = opt.update(grads, opt.init(jnp.zeros(4, jnp.float16)))
+  g = np.float32(np.float16(1e-3))
+  stored = np.float16(np.float32(1 - decay) * (g * g))
+  np.testing.assert_array_equal(np.asarray(state.nu), np.full(4, stored))
+  expected = -lr * float(g) / np.sqrt(float(stored) + eps)
   assert updates.dtype == F16
   np.testing.assert_allclose(np.asarray(updates, np.float64), expected, rtol=1e-3)
-  assert abs(expected - (-lr / np.sqrt(1 - decay))) > 0.03 * abs(expected)
+  # Without eps (as float16 arithmetic would have it) the step would be 4% larger.
+  assert abs(expected - (-lr * float(g) / np.sqrt(float(stored)))) > 0.03 * abs(expected)
 
 
 def test_stochastic_rounding_changes_nothing_when_state_is_float32():
