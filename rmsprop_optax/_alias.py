@@ -89,7 +89,8 @@ def rmsprop(
       decayed.
     maximize: ascend the objective instead of descending it (PyTorch's ``maximize``).
     nu_dtype: storage dtype of :math:`v` and :math:`m`, e.g. ``jnp.bfloat16``; None keeps the
-      param's precision, at least float32.
+      param's precision, at least float32. Arithmetic stays at least float32; each step
+      reads the buffers as stored.
     momentum_dtype: storage dtype of the momentum buffer; None as for ``nu_dtype``.
     stochastic_rounding: when state is stored in a dtype narrower than the arithmetic,
       round stochastically (unbiased) instead of to nearest, so a bfloat16 average keeps

@@ -85,7 +85,9 @@ def _store(value: jax.Array, dtype: Any, config: _Config, key_fn: Callable[[], j
       and jnp.finfo(dtype).nmant < jnp.finfo(value.dtype).nmant
   )
   if narrower:
-    return _rounding.round_stochastic(value, dtype, key_fn())
+    # The barrier makes the step read the rounded buffer, as written: XLA would otherwise
+    # redo the hash inside the step's own loop, from a copy of the old buffer.
+    return lax.optimization_barrier(_rounding.round_stochastic(value, dtype, key_fn()))
   return _cast(value, dtype)
 
 

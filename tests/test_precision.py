@@ -134,6 +134,30 @@ def test_bfloat16_state_steps_with_the_average_as_stored():
   np.testing.assert_allclose(updates2, -lr * grads2 / np.sqrt(v2_stored + eps), rtol=2e-6)
 
 
+@pytest.mark.parametrize("flags", [
+    dict(nu_dtype=jnp.bfloat16),
+    dict(nu_dtype=jnp.bfloat16, centered=True, momentum=0.9, momentum_dtype=jnp.bfloat16),
+    dict(nu_dtype=jnp.bfloat16, stochastic_rounding=True),
+    dict(centered=True, momentum=0.9),
+], ids=["bf16", "bf16-centered-momentum", "bf16-stochastic", "f32-centered-momentum"])
+def test_a_donated_step_updates_narrow_state_in_place_without_copies(flags):
+  # Reading the buffers as stored lets XLA write each new buffer over the old one. Had the
+  # step recomputed from the old buffer, XLA would copy it first (a state-sized temporary).
+  opt = rmsprop(1e-3, **flags)
+  params = jnp.ones(1 << 16, jnp.float32)
+
+  def step(params, state, grads):
+    updates, state = opt.update(grads, state, params)
+    return params + updates, state
+
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt.init(params), params).compile()
+  entry = compiled.as_text().split("ENTRY", 1)[1]
+  # Copies of scalars (the step count) cost nothing; copies of arrays are the regression.
+  array_copies = [line for line in entry.splitlines() if " copy(" in line and "[]" not in line.split("=")[1]]
+  assert not array_copies
+  assert compiled.memory_analysis().temp_size_in_bytes < params.nbytes // 4
+
+
 def test_float16_state_keeps_its_eps_because_arithmetic_is_float32():
   # eps = 1e-8 is 0 in float16, and the average (1 - decay) * g**2 = 1e-7 is a float16
   # subnormal: the step adds eps in float32 to the average as stored.
