@@ -103,25 +103,35 @@ def _cast(x: jax.Array, dtype: Any) -> jax.Array:
   return x if x.dtype == dtype else lax.convert_element_type(x, dtype)
 
 
-def _scalar_caster() -> Callable[[Any, Any], Any]:
-  """Converts hyperparameters to a leaf's dtype once per dtype, not once per leaf.
+class _Hyper(NamedTuple):
+  """One step's scalar hyperparameters (None where the configuration has none)."""
 
-  Python numbers stay as they are: weakly typed, they take each leaf's dtype where they meet
-  it, exactly as a conversion would round them, and trace to literals. Arrays (schedules,
-  injected hyperparameters) are converted on first use for each dtype. Traced trees of a
-  thousand leaves then trace a few conversions instead of thousands.
-  """
-  cache: dict = {}
+  decay: Any
+  one_minus_decay: Any
+  eps: Any
+  lr: Any
+  neg_lr: Any
+  momentum: Any
+  weight_decay: Any
+  inv_correction: Any
 
-  def cast(value: Any, dtype: Any) -> Any:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and jnp.issubdtype(dtype, jnp.floating):
-      return float(value)
-    key = (id(value), jnp.dtype(dtype))
-    if key not in cache:
-      cache[key] = (value, jnp.asarray(value, dtype))  # holding `value` keeps its id unique
-    return cache[key][1]
+  def in_dtype(self, dtype: Any) -> "_Hyper":
+    """The hyperparameters in `dtype`, for arithmetic with a leaf computed in it.
 
-  return cast
+    Python numbers stay Python floats: lax takes them as the other operand's dtype, rounding
+    them exactly as a conversion would, and they trace to literals. Arrays (schedules,
+    injected values) are converted. Called once per dtype, not once per leaf, so a tree of a
+    thousand leaves traces a handful of conversions.
+    """
+
+    def convert(value):
+      if value is None:
+        return None
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and jnp.issubdtype(dtype, jnp.floating):
+        return float(value)
+      return jnp.asarray(value, dtype)
+
+    return _Hyper(*map(convert, self))
 
 
 def _leaf_mask(mask: Any, updates: Any, params: Any) -> list[Any]:
@@ -168,16 +178,21 @@ def build(config: _Config) -> optax.GradientTransformation:
     # With a Python decay, 1 - decay is taken in double precision before rounding, so a decay
     # of 1 - 1e-9 still adds its sliver of the new gradient instead of rounding to zero.
     one_minus_decay = 1.0 - decay
-    eps = _at(config.eps, count)
     lr = None if config.learning_rate is None else _at(config.learning_rate, count)
-    neg_lr = None if lr is None else -lr
-    momentum = _at(config.momentum, count) if use_momentum else None
-    weight_decay = _at(config.weight_decay, count) if use_weight_decay else None
+    inv_correction = None
     if config.bias_correction:
       # 1 - decay**t, accurate for decays near 1 (where 1 - 0.999**1 loses digits).
       steps = new_count.astype(jnp.float32)
       correction = -jnp.expm1(steps * jnp.log1p(-jnp.asarray(one_minus_decay, jnp.float32)))
       inv_correction = 1.0 / correction
+    hyper = _Hyper(
+        decay=decay, one_minus_decay=one_minus_decay, eps=_at(config.eps, count), lr=lr,
+        neg_lr=None if lr is None else -lr,
+        momentum=_at(config.momentum, count) if use_momentum else None,
+        weight_decay=_at(config.weight_decay, count) if use_weight_decay else None,
+        inv_correction=inv_correction,
+    )
+    hyper_by_dtype = {}
 
     treedef = jax.tree.structure(updates)
     grads = treedef.flatten_up_to(updates)
@@ -189,14 +204,15 @@ def build(config: _Config) -> optax.GradientTransformation:
         _leaf_mask(config.weight_decay_mask, updates, params) if use_weight_decay else [True] * len(grads)
     )
 
-    cast_scalar = _scalar_caster()
     out_updates, out_nu, out_mu, out_mom = [], [], [], []
     for index, (g_in, nu, mu, buf, p, flag) in enumerate(zip(grads, nus, mus, bufs, ps, masks)):
       cdt = _compute_dtype(g_in.dtype, nu.dtype)
       rdt = jnp.finfo(cdt).dtype
-      # Scalar hyperparameters in the leaf's real and (possibly complex) compute dtypes.
-      real = lambda x: cast_scalar(x, rdt)  # noqa: E731
-      like_g = lambda x: cast_scalar(x, cdt)  # noqa: E731
+      # The hyperparameters in the leaf's real and (possibly complex) compute dtypes.
+      for dtype in (rdt, cdt):
+        if dtype not in hyper_by_dtype:
+          hyper_by_dtype[dtype] = hyper.in_dtype(dtype)
+      r, c = hyper_by_dtype[rdt], hyper_by_dtype[cdt]
       key = lambda field: _rounding.stream_key(config.seed, count, 3 * index + field)  # noqa: E731
 
       # lax, not jnp: the same arithmetic, without a jnp dispatch per operation, which makes
@@ -206,14 +222,14 @@ def build(config: _Config) -> optax.GradientTransformation:
         g = lax.neg(g)
       leaf_decay = None
       if use_weight_decay and flag is not False:
-        leaf_decay = like_g(weight_decay)
+        leaf_decay = c.weight_decay
         if flag is not True:  # a traced mask entry
           leaf_decay = lax.mul(leaf_decay, _cast(jnp.asarray(flag), cdt))
       if couple_decay and leaf_decay is not None:
         g = lax.add(g, lax.mul(leaf_decay, _cast(p, cdt)))
 
       nu_stored = _store(
-          lax.add(lax.mul(real(decay), _cast(nu, rdt)), lax.mul(real(one_minus_decay), _abs_sq(g))),
+          lax.add(lax.mul(r.decay, _cast(nu, rdt)), lax.mul(r.one_minus_decay, _abs_sq(g))),
           nu.dtype, config, lambda: key(_NU),
       )
       out_nu.append(nu_stored)
@@ -222,49 +238,47 @@ def build(config: _Config) -> optax.GradientTransformation:
       # freshly written buffer instead of keeping a copy of the old one to recompute from.
       nu_hat = _cast(nu_stored, rdt)
       if config.bias_correction:
-        nu_hat = lax.mul(nu_hat, _cast(inv_correction, rdt))
+        nu_hat = lax.mul(nu_hat, r.inv_correction)
       if config.centered:
         mu_stored = _store(
-            lax.add(lax.mul(like_g(decay), _cast(mu, cdt)), lax.mul(like_g(one_minus_decay), g)),
+            lax.add(lax.mul(c.decay, _cast(mu, cdt)), lax.mul(c.one_minus_decay, g)),
             mu.dtype, config, lambda: key(_MU),
         )
         out_mu.append(mu_stored)
         mu_hat = _cast(mu_stored, cdt)
         if config.bias_correction:
-          mu_hat = lax.mul(mu_hat, _cast(inv_correction, cdt))
+          mu_hat = lax.mul(mu_hat, c.inv_correction)
         # v - m^2 is a variance, >= 0 in exact arithmetic; rounding can push it below zero.
-        variance = lax.max(lax.sub(nu_hat, _abs_sq(mu_hat)), real(0.0))
+        variance = lax.max(lax.sub(nu_hat, _abs_sq(mu_hat)), 0.0)
       else:
         variance = nu_hat
       if config.eps_in_sqrt:
-        u = lax.mul(g, _cast(lax.rsqrt(lax.add(variance, real(eps))), cdt))
+        u = lax.mul(g, _cast(lax.rsqrt(lax.add(variance, r.eps)), cdt))
       else:
-        u = lax.div(g, _cast(lax.add(lax.sqrt(variance), real(eps)), cdt))
+        u = lax.div(g, _cast(lax.add(lax.sqrt(variance), r.eps), cdt))
 
       if lr is None:
         step = u
       elif not use_momentum:
-        # Multiplying by -lr flips the sign within the product (exactly: rounding is symmetric).
-        step = lax.mul(like_g(neg_lr), u)
-        if config.decoupled_weight_decay and leaf_decay is not None:
-          step = lax.add(step, lax.mul(lax.mul(like_g(neg_lr), leaf_decay), _cast(p, cdt)))
+        # Multiplying by -lr flips the sign within the product (exactly: rounding is symmetric),
+        # which saves a negation per leaf.
+        step = lax.mul(c.neg_lr, u)
       else:
-        lr_leaf, mu_m = like_g(lr), like_g(momentum)
-        added = lax.mul(lr_leaf, u) if config.lr_in_momentum else u
-        buf_stored = _store(lax.add(lax.mul(mu_m, _cast(buf, cdt)), added), buf.dtype, config,
+        added = lax.mul(c.lr, u) if config.lr_in_momentum else u
+        buf_stored = _store(lax.add(lax.mul(c.momentum, _cast(buf, cdt)), added), buf.dtype, config,
                             lambda: key(_MOMENTUM))
         out_mom.append(buf_stored)
         buf_new = _cast(buf_stored, cdt)
         if config.nesterov:
-          look_ahead = lax.mul(mu_m, buf_new)
-          step = lax.add(added, look_ahead) if config.lr_in_momentum else lax.add(u, look_ahead)
+          step = lax.add(added if config.lr_in_momentum else u, lax.mul(c.momentum, buf_new))
         else:
           step = buf_new
         if not config.lr_in_momentum:
-          step = lax.mul(lr_leaf, step)
-        if config.decoupled_weight_decay and leaf_decay is not None:
-          step = lax.add(step, lax.mul(lax.mul(lr_leaf, leaf_decay), _cast(p, cdt)))
+          step = lax.mul(c.lr, step)
         step = lax.neg(step)
+      if lr is not None and config.decoupled_weight_decay and leaf_decay is not None:
+        # Added after the sign flip, as (-lr * weight_decay) * p.
+        step = lax.add(step, lax.mul(lax.mul(c.neg_lr, leaf_decay), _cast(p, cdt)))
       out_updates.append(_cast(step, g_in.dtype))
 
     unflatten = treedef.unflatten
