@@ -204,19 +204,7 @@ class JaxContender:
         # What XLA's loops read and write per step, summed over its fused kernels: above the
         # least possible when a buffer is read by several kernels, or a copy is inserted.
         "xla_bytes_accessed": float(cost.get("bytes accessed", float("nan"))),
-        **kernel_counts(self.compiled.as_text()),
     }
-
-
-def kernel_counts(hlo: str) -> dict:
-  """Loops (fusions) and whole-buffer copies in the entry computation of compiled HLO text."""
-  entry = hlo[hlo.index("\nENTRY"):] if "\nENTRY" in hlo else hlo
-  entry = entry[: entry.find("\n}") + 1 or None]
-  lines = entry.splitlines()
-  return {
-      "xla_fusions": sum(" fusion(" in line for line in lines),
-      "xla_copies": sum(" copy(" in line for line in lines),
-  }
 
 
 class SplitContender(JaxContender):
@@ -252,16 +240,14 @@ def jax_tree(leaves: list[np.ndarray]) -> dict:
   return {f"w{i:04d}": jnp.array(x) for i, x in enumerate(leaves)}
 
 
-def make_ours(config: Config, problem: Problem, grads: Any, *, donate: bool = True) -> JaxContender:
-  opt = rmsprop_optax.rmsprop(LEARNING_RATE, DECAY, EPS, **config.ours)
+def ours_optimizer(config: Config) -> optax.GradientTransformation:
+  return rmsprop_optax.rmsprop(LEARNING_RATE, DECAY, EPS, **config.ours)
+
+
+def make_jax(opt: optax.GradientTransformation, problem: Problem, grads: Any, *, donate: bool = True) -> JaxContender:
+  """`opt`'s train step on a fresh copy of the problem's params."""
   params = jax_tree(problem.params)
   return JaxContender(train_step(opt), params, opt.init(params), grads, donate=donate)
-
-
-def make_optax(config: Config, problem: Problem, grads: Any) -> JaxContender:
-  opt = optax.rmsprop(LEARNING_RATE, DECAY, EPS, **config.optax)
-  params = jax_tree(problem.params)
-  return JaxContender(train_step(opt), params, opt.init(params), grads)
 
 
 def make_floor(config: Config, problem: Problem, grads: Any) -> JaxContender:
@@ -324,16 +310,15 @@ def build(name: str, config: Config, problem: Problem, grads: Any):
   float32 (what a narrower ``nu_dtype`` is measured against).
   """
   if name == "ours":
-    return make_ours(config, problem, grads)
+    return make_jax(ours_optimizer(config), problem, grads)
   if name == "ours_undonated":
-    return make_ours(config, problem, grads, donate=False)
+    return make_jax(ours_optimizer(config), problem, grads, donate=False)
   if name == "ours_split":
-    opt = rmsprop_optax.rmsprop(LEARNING_RATE, DECAY, EPS, **config.ours)
-    return SplitContender(opt, jax_tree(problem.params), grads)
+    return SplitContender(ours_optimizer(config), jax_tree(problem.params), grads)
   if name == "ours_f32_state":
-    return make_ours(float32_state(config), problem, grads)
+    return make_jax(ours_optimizer(float32_state(config)), problem, grads)
   if name == "optax":
-    return make_optax(config, problem, grads)
+    return make_jax(optax.rmsprop(LEARNING_RATE, DECAY, EPS, **config.optax), problem, grads)
   if name == "floor":
     return make_floor(config, problem, grads)
   if name == "torch":

@@ -7,19 +7,10 @@ import numpy as np
 LARGE = 10_000_000  # "at 1e7 parameters and above"
 
 
-def _median(values):
+def _over(reduce, values) -> float:
+  """`reduce` (np.median, np.max, np.min) of the measured values; NaN when none was."""
   values = [v for v in values if v is not None]
-  return float(np.median(values)) if values else float("nan")
-
-
-def _max(values):
-  values = [v for v in values if v is not None]
-  return float(np.max(values)) if values else float("nan")
-
-
-def _min(values):
-  values = [v for v in values if v is not None]
-  return float(np.min(values)) if values else float("nan")
+  return float(reduce(values)) if values else float("nan")
 
 
 def min_bytes(row: dict) -> int:
@@ -42,18 +33,18 @@ def summary(results: dict) -> dict:
     large = [r for r in rows if r["size"] >= LARGE]
     ratio = lambda rs, key: [r["ratios"].get(key) for r in rs]  # noqa: E731
     line = {
-        "ours/optax median": _median(ratio(rows, "ours/optax")),
-        "ours/optax max": _max(ratio(rows, "ours/optax")),
-        "ours/floor large median": _median(ratio(large, "ours/floor")),
-        "ours/floor large max": _max(ratio(large, "ours/floor")),
-        "torch/ours large min": _min(ratio(large, "torch/ours")),
-        "torch/ours large median": _median(ratio(large, "torch/ours")),
+        "ours/optax median": _over(np.median, ratio(rows, "ours/optax")),
+        "ours/optax max": _over(np.max, ratio(rows, "ours/optax")),
+        "ours/floor large median": _over(np.median, ratio(large, "ours/floor")),
+        "ours/floor large max": _over(np.max, ratio(large, "ours/floor")),
+        "torch/ours large min": _over(np.min, ratio(large, "torch/ours")),
+        "torch/ours large median": _over(np.median, ratio(large, "torch/ours")),
         "state ours/optax": rows[0]["state_bytes"]["ours"] / rows[0]["state_bytes"]["optax"],
         "XLA bytes ours/optax/floor": xla_bytes_per_param(max(rows, key=lambda r: r["size"])),
     }
     if any("ours/ours_f32_state" in r["ratios"] for r in rows):
-      line["ours/ours_f32_state large median"] = _median(ratio(large, "ours/ours_f32_state"))
-      line["ours/ours_f32_state large max"] = _max(ratio(large, "ours/ours_f32_state"))
+      line["ours/ours_f32_state large median"] = _over(np.median, ratio(large, "ours/ours_f32_state"))
+      line["ours/ours_f32_state large max"] = _over(np.max, ratio(large, "ours/ours_f32_state"))
       line["state ours/ours_f32_state"] = (
           rows[0]["state_bytes"]["ours"] / rows[0]["state_bytes"]["ours_f32_state"]
       )
@@ -61,8 +52,8 @@ def summary(results: dict) -> dict:
     if compiled:
       most = max(c["leaves"] for c in compiled)
       line["compile leaves"] = most
-      line["compile ours/optax"] = _max([c["ratio"] for c in compiled if c["leaves"] == most])
-      line["compile ours/optax cpu"] = _max([c["ratio_cpu"] for c in compiled if c["leaves"] == most])
+      line["compile ours/optax"] = _over(np.max, [c["ratio"] for c in compiled if c["leaves"] == most])
+      line["compile ours/optax cpu"] = _over(np.max, [c["ratio_cpu"] for c in compiled if c["leaves"] == most])
     lines[config] = line
   return lines
 
