@@ -7,26 +7,26 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec
-
-#: What a state field holds when the configuration does not use it: a pytree node with no
-#: leaves, so the state's structure depends only on the configuration and the params.
-EMPTY = optax.EmptyState()
-
 
 class RMSPropState(NamedTuple):
   """State of `rmsprop` and `scale_by_rms`, the same type for every configuration.
 
+  A field the configuration does not use holds None, a pytree node with no leaves: the
+  state's structure depends only on the configuration and the params, never on the step.
+
   Attributes:
-    count: int32 scalar, the number of updates applied so far. It saturates at the largest
-      int32 instead of wrapping, so schedules and bias correction never see a negative step.
+    count: int32 scalar, the number of updates applied so far, kept where the update reads
+      it: a schedule (any hyperparameter given as a callable), ``bias_correction`` or
+      ``stochastic_rounding``; else None, as Optax keeps no count for a plain RMSProp. It
+      saturates at the largest int32 instead of wrapping, so schedules and bias correction
+      never see a negative step.
     nu: leaky average of squared gradient magnitudes, one real leaf per parameter.
-    mu: leaky average of gradients (``centered=True`` only, else an empty placeholder).
-    momentum: momentum buffer (``momentum`` set, else an empty placeholder).
+    mu: leaky average of gradients (``centered=True`` only, else None).
+    momentum: momentum buffer (``momentum`` set, else None).
   """
 
-  count: jax.Array
+  count: jax.Array | None
   nu: Any
   mu: Any
   momentum: Any

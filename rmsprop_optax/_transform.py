@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from rmsprop_optax import _rounding, _validation
-from rmsprop_optax._state import EMPTY, RMSPropState, filled_like, increment, zero_count
+from rmsprop_optax._state import RMSPropState, filled_like, increment, zero_count
 
 Scalar = Union[float, jax.Array]
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], Any]]
@@ -45,8 +45,19 @@ class _Config(NamedTuple):
   arg_names: dict = {}
 
 
-def _at(value: ScalarOrSchedule, count: jax.Array) -> Any:
+def _at(value: ScalarOrSchedule, count: jax.Array | None) -> Any:
   return value(count) if callable(value) else value
+
+
+def _keeps_count(config: _Config) -> bool:
+  """Whether the update reads the step count, so the state must carry one.
+
+  Without a schedule, bias correction or stochastic rounding nothing reads it, and a count
+  would cost every step a buffer to pass in and out and a kernel to increment it (a few
+  microseconds a call, which is most of the gap to Optax for a small model).
+  """
+  scheduled = (config.learning_rate, config.decay, config.eps, config.momentum, config.weight_decay)
+  return config.bias_correction or config.stochastic_rounding or any(map(callable, scheduled))
 
 
 def _compute_dtype(*dtypes: Any) -> Any:
@@ -151,6 +162,7 @@ def build(config: _Config) -> optax.GradientTransformation:
   use_momentum = config.momentum is not None
   use_weight_decay = config.weight_decay is not None
   couple_decay = use_weight_decay and not config.decoupled_weight_decay
+  keep_count = _keeps_count(config)
 
   def init_fn(params):
     _validation.check_init_params(config.fn, params)
@@ -161,10 +173,10 @@ def build(config: _Config) -> optax.GradientTransformation:
       )
 
     return RMSPropState(
-        count=zero_count(params),
+        count=zero_count(params) if keep_count else None,
         nu=buffers(config.initial_scale, config.nu_dtype, True),
-        mu=buffers(0.0, config.nu_dtype, False) if config.centered else EMPTY,
-        momentum=buffers(0.0, config.momentum_dtype, False) if use_momentum else EMPTY,
+        mu=buffers(0.0, config.nu_dtype, False) if config.centered else None,
+        momentum=buffers(0.0, config.momentum_dtype, False) if use_momentum else None,
     )
 
   def update_fn(updates, state, params=None):
@@ -173,7 +185,7 @@ def build(config: _Config) -> optax.GradientTransformation:
         "weight_decay" if use_weight_decay else None,
     )
     count = state.count
-    new_count = increment(count)
+    new_count = increment(count) if keep_count else None
     decay = _at(config.decay, count)
     # With a Python decay, 1 - decay is taken in double precision before rounding, so a decay
     # of 1 - 1e-9 still adds its sliver of the new gradient instead of rounding to zero.
@@ -285,8 +297,8 @@ def build(config: _Config) -> optax.GradientTransformation:
     new_state = RMSPropState(
         count=new_count,
         nu=unflatten(out_nu),
-        mu=unflatten(out_mu) if config.centered else EMPTY,
-        momentum=unflatten(out_mom) if use_momentum else EMPTY,
+        mu=unflatten(out_mu) if config.centered else None,
+        momentum=unflatten(out_mom) if use_momentum else None,
     )
     return unflatten(out_updates), new_state
 

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import helpers
-from rmsprop_optax import presets, rmsprop
+from rmsprop_optax import presets, rmsprop, scale_by_rms
 
 SHAPES = ((3, 4), (5,))
 
@@ -137,6 +137,46 @@ def test_state_avals_are_identical_between_init_and_update(config):
   assert _avals(updates) == _avals([jax.typeof(x) for x in jax.tree.leaves(grads)])
   # No leaf of the state is weakly typed: a weak leaf would retrace once it became strong.
   assert not any(weak for _, _, weak in initial)
+
+
+def _constant(value):
+  return lambda count: jnp.float32(value)
+
+
+# Whether the state keeps a step count: exactly where the update reads one.
+COUNT_KEPT = {
+    "plain": (lambda: rmsprop(0.01), False),
+    "centered_nesterov_weight_decay": (
+        lambda: rmsprop(0.01, centered=True, momentum=0.9, nesterov=True, weight_decay=0.1), False,
+    ),
+    "bf16_state_nearest": (
+        lambda: rmsprop(0.01, momentum=0.9, nu_dtype=jnp.bfloat16, momentum_dtype=jnp.bfloat16), False,
+    ),
+    "scale_by_rms": (lambda: scale_by_rms(centered=True), False),
+    "bias_correction": (lambda: rmsprop(0.01, bias_correction=True), True),
+    "stochastic_rounding": (lambda: rmsprop(0.01, nu_dtype=jnp.bfloat16, stochastic_rounding=True), True),
+    "learning_rate_schedule": (lambda: rmsprop(_constant(0.01)), True),
+    "decay_schedule": (lambda: rmsprop(0.01, decay=_constant(0.9)), True),
+    "eps_schedule": (lambda: rmsprop(0.01, eps=_constant(1e-8)), True),
+    "momentum_schedule": (lambda: rmsprop(0.01, momentum=_constant(0.9)), True),
+    "weight_decay_schedule": (lambda: rmsprop(0.01, weight_decay=_constant(0.1)), True),
+}
+
+
+@pytest.mark.parametrize("config", list(COUNT_KEPT))
+def test_state_keeps_a_step_count_exactly_where_the_update_reads_it(config):
+  make, kept = COUNT_KEPT[config]
+  opt = make()
+  params = _mixed_precision_params()
+  grads = jax.tree.map(lambda p: (p * 0.5).astype(p.dtype), params)
+  state = opt.init(params)
+  update = jax.jit(opt.update)
+  for _ in range(3):
+    _, state = update(grads, state, params)
+  if kept:
+    assert state.count.dtype == jnp.int32 and int(state.count) == 3
+  else:
+    assert state.count is None
 
 
 def _jax_quadratic(problem):
