@@ -39,5 +39,10 @@ def test_quick_benchmark_writes_its_report(run_module, tmp_path):
   bf16 = next(row for row in results["steps"] if row["config"] == "bf16_nu")
   assert bf16["state_bytes"]["ours"] * 2 == bf16["state_bytes"]["ours_f32_state"]
   assert results["compile"] and all(row["ours"]["total_s"] > 0 for row in results["compile"])
-  report = (tmp_path / "results.md").read_text()
-  assert "## Targets" in report and "## Compile time" in report
+  text = (tmp_path / "results.md").read_text()
+  assert "## Targets" in text and "## Compile time" in text
+
+  import report
+
+  # The bytes XLA's loops move were read for every step, so the per-byte ratio is defined.
+  assert all(report.per_byte_vs_floor(row) > 0 for row in results["steps"])
