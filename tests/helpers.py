@@ -21,6 +21,14 @@ def standard_promotion():
     yield
 
 
+def constant_schedule(value: float) -> Callable:
+  """A schedule that is `value` at every step, as float32 (strict promotion accepts it).
+
+  Any schedule makes the state keep a step count: tests that check the count use this one.
+  """
+  return lambda count: np.float32(value)
+
+
 def lr_table(steps: int, base: float = 0.01, seed: int = 0) -> np.ndarray:
   """A learning rate that changes at every step (float32 values, so all frameworks agree)."""
   rng = np.random.default_rng(seed)

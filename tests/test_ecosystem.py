@@ -236,8 +236,7 @@ def test_orbax_restored_run_continues_bitwise_identically(config, tmp_path):
   for name, abstract in targets.items():
     restored = checkpointer.restore(tmp_path / "ckpt", abstract)
     assert isinstance(restored["opt_state"], RMSPropState), name
-    for field in ("count", "mu", "momentum"):
-      assert (getattr(restored["opt_state"], field) is None) == (getattr(state, field) is None), field
+    # Equal tree structures: the same fields hold None (count, mu, momentum where unused).
     _assert_bitwise(restored, {"params": params, "opt_state": state})
     resumed = _run(step, restored["params"], restored["opt_state"], 4, 4)
     _assert_bitwise(resumed, uninterrupted)

@@ -173,8 +173,7 @@ def test_step_counter_is_usable_in_the_next_jitted_update_after_being_committed(
   must live on the params' devices then, or the jitted update refuses to mix devices."""
   mesh = _mesh((4, 2), ("rows", "cols"), AxisType.Auto)
   params = _place(mesh, STEP_TREE)
-  # A learning-rate schedule makes the state keep a counter.
-  opt = rmsprop(lambda count: jnp.float32(0.1), momentum=0.9)
+  opt = rmsprop(helpers.constant_schedule(0.1), momentum=0.9)  # a schedule: the state keeps a count
   state = (opt.init if init_mode == "eager" else jax.jit(opt.init))(params)
   assert state.count.dtype == jnp.int32 and state.count.shape == ()
   committed = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))

@@ -139,10 +139,6 @@ def test_state_avals_are_identical_between_init_and_update(config):
   assert not any(weak for _, _, weak in initial)
 
 
-def _constant(value):
-  return lambda count: jnp.float32(value)
-
-
 # Whether the state keeps a step count: exactly where the update reads one.
 COUNT_KEPT = {
     "plain": (lambda: rmsprop(0.01), False),
@@ -155,11 +151,11 @@ COUNT_KEPT = {
     "scale_by_rms": (lambda: scale_by_rms(centered=True), False),
     "bias_correction": (lambda: rmsprop(0.01, bias_correction=True), True),
     "stochastic_rounding": (lambda: rmsprop(0.01, nu_dtype=jnp.bfloat16, stochastic_rounding=True), True),
-    "learning_rate_schedule": (lambda: rmsprop(_constant(0.01)), True),
-    "decay_schedule": (lambda: rmsprop(0.01, decay=_constant(0.9)), True),
-    "eps_schedule": (lambda: rmsprop(0.01, eps=_constant(1e-8)), True),
-    "momentum_schedule": (lambda: rmsprop(0.01, momentum=_constant(0.9)), True),
-    "weight_decay_schedule": (lambda: rmsprop(0.01, weight_decay=_constant(0.1)), True),
+    "learning_rate_schedule": (lambda: rmsprop(helpers.constant_schedule(0.01)), True),
+    "decay_schedule": (lambda: rmsprop(0.01, decay=helpers.constant_schedule(0.9)), True),
+    "eps_schedule": (lambda: rmsprop(0.01, eps=helpers.constant_schedule(1e-8)), True),
+    "momentum_schedule": (lambda: rmsprop(0.01, momentum=helpers.constant_schedule(0.9)), True),
+    "weight_decay_schedule": (lambda: rmsprop(0.01, weight_decay=helpers.constant_schedule(0.1)), True),
 }
 
 

@@ -126,8 +126,8 @@ def test_scale_by_rms_then_scale_by_learning_rate_equals_rmsprop(variant):
 def test_multisteps_applies_rmsprop_to_the_mean_of_each_group_of_micro_batches(dtype):
   k, groups = 3, 4
   problem = helpers.Quadratic(SHAPES, seed=2, steps=k * groups)
-  # A (constant) schedule makes the state keep a count, which shows how often it was applied.
-  opt = optax.MultiSteps(rmsprop(lambda count: jnp.float32(0.01), momentum=0.9), every_k_schedule=k)
+  # A schedule makes the state keep a count, which shows how often the inner step was applied.
+  opt = optax.MultiSteps(rmsprop(helpers.constant_schedule(0.01), momentum=0.9), every_k_schedule=k)
   # MultiSteps divides float sums by int counts and mixes its float32 accumulator with
   # bfloat16 gradients: it needs standard promotion.
   step = _step_fn(opt, helpers.standard_promotion)
@@ -238,9 +238,9 @@ def test_frozen_subtree_stays_bitwise_unchanged(wrapper):
 
 def test_apply_if_finite_rejects_a_nan_gradient_and_leaves_everything_bitwise_unchanged():
   problem = helpers.Quadratic(SHAPES, seed=4, steps=6)
-  # A (constant) schedule makes the state keep a count: the rejected step must not advance it.
+  # A schedule makes the state keep a count: the rejected step must not advance it.
   opt = optax.apply_if_finite(
-      rmsprop(lambda count: jnp.float32(0.01), centered=True, momentum=0.9), max_consecutive_errors=3
+      rmsprop(helpers.constant_schedule(0.01), centered=True, momentum=0.9), max_consecutive_errors=3
   )
   step = _step_fn(opt)
   params = _jnp(problem.params())
