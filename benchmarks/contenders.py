@@ -5,7 +5,8 @@ optimizer step per call, updating parameters and state:
 
 * ``ours``: ``rmsprop_optax.rmsprop`` + ``optax.apply_updates``, jitted, params and state
   donated.
-* ``optax``: ``optax.rmsprop`` with the same flags, written and jitted the same way.
+* ``optax``: ``optax.rmsprop`` with the same flags, written and jitted the same way (chained
+  after ``optax.add_decayed_weights`` where the configuration has weight decay).
 * ``floor``: a jitted, donated kernel that reads the params, the gradients and every state
   buffer and writes params and state, with one multiply-add per output: the bytes RMSProp
   must move, with the least arithmetic and the least dependence between outputs.
@@ -32,6 +33,7 @@ LEARNING_RATE = 1e-3
 DECAY = 0.9
 EPS = 1e-8
 MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,8 @@ def _config(name, torch_note="", optax_note="", *, ours_only=None, **flags):
     torch_flags["centered"] = True
   if flags.get("momentum") is not None:
     torch_flags["momentum"] = flags["momentum"]
+  if flags.get("weight_decay") is not None:
+    torch_flags["weight_decay"] = flags["weight_decay"]  # coupled, as ours by default
   return Config(
       name=name,
       ours={**flags, **(ours_only or {})},
@@ -88,6 +92,11 @@ CONFIGS = {
             centered=True, momentum=MOMENTUM, nesterov=True,
         ),
         _config("bias_correction", "torch has no bias correction: plain", bias_correction=True),
+        _config(
+            "weight_decay", optax_note="optax.rmsprop has no weight decay: "
+            "chain(add_decayed_weights, rmsprop), the same coupled decay",
+            weight_decay=WEIGHT_DECAY,
+        ),
         _config(
             "bf16_nu", "torch keeps state in the params' dtype: float32",
             "optax has no state dtype: float32", ours_only={"nu_dtype": jnp.bfloat16},
@@ -244,6 +253,16 @@ def ours_optimizer(config: Config) -> optax.GradientTransformation:
   return rmsprop_optax.rmsprop(LEARNING_RATE, DECAY, EPS, **config.ours)
 
 
+def optax_optimizer(config: Config) -> optax.GradientTransformation:
+  """`optax.rmsprop` with the configuration's flags; coupled weight decay chained before it."""
+  flags = dict(config.optax)
+  weight_decay = flags.pop("weight_decay", None)
+  opt = optax.rmsprop(LEARNING_RATE, DECAY, EPS, **flags)
+  if weight_decay is None:
+    return opt
+  return optax.chain(optax.add_decayed_weights(weight_decay), opt)
+
+
 def make_jax(opt: optax.GradientTransformation, problem: Problem, grads: Any, *, donate: bool = True) -> JaxContender:
   """`opt`'s train step on a fresh copy of the problem's params."""
   params = jax_tree(problem.params)
@@ -318,7 +337,7 @@ def build(name: str, config: Config, problem: Problem, grads: Any):
   if name == "ours_f32_state":
     return make_jax(ours_optimizer(float32_state(config)), problem, grads)
   if name == "optax":
-    return make_jax(optax.rmsprop(LEARNING_RATE, DECAY, EPS, **config.optax), problem, grads)
+    return make_jax(optax_optimizer(config), problem, grads)
   if name == "floor":
     return make_floor(config, problem, grads)
   if name == "torch":

@@ -31,15 +31,17 @@ import numpy as np  # noqa: E402
 import contenders  # noqa: E402
 
 _BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s64": 8, "pred": 1, "u16": 2, "u8": 1}
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^}]*\})? (\w[\w-]*)\((.*?)\)")
+# A shape is an array's (f32[10]{0}) or a tuple's, as a multi-output fusion returns: (f32[10]{0}, f32[10]{0}).
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+?)(?:\{[^}]*\})? (\w[\w-]*)\((.*?)\)")
 
 
 def _shape_bytes(shape: str) -> int:
-  match = re.match(r"(\w+)\[([\d,]*)\]", shape)
-  if not match or match.group(1) not in _BYTES:
-    return 0
-  dims = [int(d) for d in match.group(2).split(",") if d]
-  return _BYTES[match.group(1)] * int(np.prod(dims, dtype=np.int64))
+  """Bytes of an array shape, or of all the arrays in a tuple shape."""
+  total = 0
+  for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", shape):
+    sizes = [int(d) for d in dims.split(",") if d]
+    total += _BYTES.get(dtype, 0) * int(np.prod(sizes, dtype=np.int64))
+  return total
 
 
 def kernels(hlo: str) -> list[dict]:

@@ -5,7 +5,7 @@ gradients and state and writing params and state. For each configuration, total 
 number of leaves, one process measures, interleaved and repeated, the seconds per step of
 
 * ``ours``  rmsprop_optax.rmsprop + optax.apply_updates, jitted, params and state donated;
-* ``optax`` optax.rmsprop with the same flags, written the same way;
+* ``optax`` optax.rmsprop with the same flags (after add_decayed_weights for weight decay);
 * ``floor`` a donated kernel moving the same bytes with one multiply-add per output;
 * ``torch`` torch.optim.RMSprop(foreach=True), in place, threads matched to JAX's usage;
 

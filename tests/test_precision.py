@@ -139,10 +139,20 @@ def test_bfloat16_state_steps_with_the_average_as_stored():
     dict(nu_dtype=jnp.bfloat16, centered=True, momentum=0.9, momentum_dtype=jnp.bfloat16),
     dict(nu_dtype=jnp.bfloat16, stochastic_rounding=True),
     dict(centered=True, momentum=0.9),
-], ids=["bf16", "bf16-centered-momentum", "bf16-stochastic", "f32-centered-momentum"])
-def test_a_donated_step_updates_narrow_state_in_place_without_copies(flags):
+    dict(momentum=0.9, nesterov=True),
+    dict(centered=True, momentum=0.9, nesterov=True, lr_in_momentum=False, eps_in_sqrt=False),
+    dict(nu_dtype=jnp.bfloat16, momentum=0.9, nesterov=True, stochastic_rounding=True),
+    dict(weight_decay=0.1),
+    dict(centered=True, momentum=0.9, weight_decay=0.1, maximize=True),
+], ids=["bf16", "bf16-centered-momentum", "bf16-stochastic", "f32-centered-momentum",
+        "f32-nesterov", "f32-centered-nesterov-lr-out-eps-out", "bf16-nesterov-stochastic",
+        "coupled-decay", "coupled-decay-centered-momentum-maximize"])
+def test_a_donated_step_updates_state_in_place_without_temporaries(flags):
   # Reading the buffers as stored lets XLA write each new buffer over the old one. Had the
   # step recomputed from the old buffer, XLA would copy it first (a state-sized temporary).
+  # Nesterov reads the preconditioned gradient twice, and coupled weight decay's g + wd * p
+  # feeds the state and the step: on CPU the step's loop recomputes each, where XLA would
+  # otherwise store it in a parameter-sized temporary.
   opt = rmsprop(1e-3, **flags)
   params = jnp.ones(1 << 16, jnp.float32)
 
@@ -156,6 +166,42 @@ def test_a_donated_step_updates_narrow_state_in_place_without_copies(flags):
   array_copies = [line for line in entry.splitlines() if " copy(" in line and "[]" not in line.split("=")[1]]
   assert not array_copies
   assert compiled.memory_analysis().temp_size_in_bytes < params.nbytes // 4
+
+
+@pytest.mark.parametrize("flags", [
+    dict(momentum=0.9, nesterov=True),
+    dict(centered=True, momentum=0.9, nesterov=True, bias_correction=True, weight_decay=0.1),
+    dict(centered=True, momentum=0.9, nesterov=True, lr_in_momentum=False, eps_in_sqrt=False),
+    dict(nu_dtype=jnp.bfloat16, momentum=0.9, nesterov=True, momentum_dtype=jnp.bfloat16),
+    dict(weight_decay=0.1, maximize=True),
+    dict(centered=True, momentum=0.9, weight_decay=0.1, weight_decay_mask={"w": True, "b": False}),
+], ids=["nesterov", "centered-bias-decay", "lr-out-eps-out", "bf16", "coupled-decay-maximize",
+        "coupled-decay-masked"])
+def test_recomputing_instead_of_a_temporary_changes_no_bit(flags, monkeypatch):
+  # On CPU the step's loop recomputes Nesterov's preconditioned gradient (from the state as
+  # stored) and coupled weight decay's g + wd * p, where XLA would otherwise read each from a
+  # temporary. The same arithmetic on the same values: every bit of the updates and the state
+  # must match a build that computes each once.
+  from rmsprop_optax import _transform  # noqa: PLC0415
+
+  rng = np.random.default_rng(7)
+  params = {"w": jnp.asarray(rng.normal(size=(64, 33)), jnp.float32), "b": jnp.ones(33, jnp.float32)}
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params) for _ in range(4)]
+
+  def run():
+    opt = rmsprop(0.01, **flags)
+    update = jax.jit(opt.update)
+    state, history = opt.init(params), []
+    for g in grads:
+      updates, state = update(g, state, params)
+      history.append((updates, state))
+    return history
+
+  recomputed = run()
+  monkeypatch.setattr(_transform, "_for_recomputing", lambda buffers: buffers)
+  shared = run()
+  for ours, theirs in zip(recomputed, shared):
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
 
 
 def test_float16_state_keeps_its_eps_because_arithmetic_is_float32():
