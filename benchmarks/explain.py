@@ -31,7 +31,8 @@ import numpy as np  # noqa: E402
 import contenders  # noqa: E402
 
 _BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s64": 8, "pred": 1, "u16": 2, "u8": 1}
-# A shape is an array's (f32[10]{0}) or a tuple's, as a multi-output fusion returns: (f32[10]{0}, f32[10]{0}).
+# A shape is an array's, f32[10]{0}, or a tuple's, as a multi-output fusion returns:
+# (f32[10]{0}, f32[10]{0}).
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+?)(?:\{[^}]*\})? (\w[\w-]*)\((.*?)\)")
 
 

@@ -184,20 +184,20 @@ def _precondition(
   return lax.div(g, _cast(lax.add(lax.sqrt(variance), r.eps), cdt))
 
 
-class _LookAhead(NamedTuple):
-  """A Nesterov leaf between its state update and its step."""
+class _Leaf(NamedTuple):
+  """One leaf between its state update and its step, in its compute dtypes."""
 
-  position: int
-  g: jax.Array
+  g: jax.Array  # the gradient the step sees (weight decay coupled, sign flipped)
+  u: jax.Array  # g over the root of its second moment
   nu_stored: jax.Array
   mu_stored: jax.Array | None
-  buf_new: jax.Array
+  buf_new: jax.Array | None
   r: _Hyper
   c: _Hyper
   rdt: Any
-  leaf_decay: Any
+  weight_decay: Any  # this leaf's coefficient, None where it has none
   p: Any
-  dtype: Any
+  dtype: Any  # the update's dtype: the gradient's
 
 
 def _for_recomputing(buffers: list) -> list:
@@ -277,27 +277,15 @@ def build(config: _Config) -> optax.GradientTransformation:
         _leaf_mask(config.weight_decay_mask, updates, params) if use_weight_decay else [True] * len(grads)
     )
 
-    def momentum_signed(step, c):
-      """A momentum step, scaled by the learning rate unless the buffer holds it, and negated."""
-      if not config.lr_in_momentum:
-        step = lax.mul(c.lr, step)
-      return lax.neg(step)
-
-    def finished(step, c, leaf_decay, p, dtype):
-      """The leaf's update: the signed step, plus decoupled weight decay, in the gradient's dtype."""
-      if lr is not None and config.decoupled_weight_decay and leaf_decay is not None:
-        # Added after the sign flip, as (-lr * weight_decay) * p.
-        step = lax.add(step, lax.mul(lax.mul(c.neg_lr, leaf_decay), _cast(p, step.dtype)))
-      return _cast(step, dtype)
-
     # Coupled weight decay feeds g + weight_decay * p to the state's loops and to the step's:
     # the step computes it again, from these (see _for_recomputing).
     grads_again = _for_recomputing(grads) if couple_decay else grads
 
-    out_updates, out_nu, out_mu, out_mom = [], [], [], []
-    looks_ahead = []  # Nesterov leaves, finished after the loop (see _for_recomputing).
-    leaves = zip(grads, grads_again, nus, mus, bufs, ps, masks)
-    for index, (g_in, g_again, nu, mu, buf, p, flag) in enumerate(leaves):
+    # First the state, leaf by leaf; then the steps, which read it as stored.
+    out_nu, out_mu, out_mom, leaves = [], [], [], []
+    for index, (g_in, g_again, nu, mu, buf, p, flag) in enumerate(
+        zip(grads, grads_again, nus, mus, bufs, ps, masks)
+    ):
       cdt = _compute_dtype(g_in.dtype, nu.dtype)
       rdt = jnp.finfo(cdt).dtype
       # The hyperparameters in the leaf's real and (possibly complex) compute dtypes.
@@ -314,7 +302,7 @@ def build(config: _Config) -> optax.GradientTransformation:
           leaf_decay = lax.mul(leaf_decay, _cast(jnp.asarray(flag), cdt))
       coupled = couple_decay and leaf_decay is not None
 
-      def effective(g_in, cdt=cdt, p=p, leaf_decay=leaf_decay, coupled=coupled):
+      def effective(g_in):
         """The gradient the average sees: in the compute dtype, sign flipped, decay coupled."""
         # lax, not jnp: the same arithmetic, without a jnp dispatch per operation, which
         # makes tracing a tree of a thousand leaves markedly faster.
@@ -341,7 +329,23 @@ def build(config: _Config) -> optax.GradientTransformation:
         )
         out_mu.append(mu_stored)
       u = _precondition(config, g_step, nu_stored, mu_stored, r, c, rdt)
+      buf_new = None
+      if lr is not None and use_momentum:
+        added = lax.mul(c.lr, u) if config.lr_in_momentum else u
+        buf_stored = _store(lax.add(lax.mul(c.momentum, _cast(buf, cdt)), added), buf.dtype, config,
+                            lambda: key(_MOMENTUM))
+        out_mom.append(buf_stored)
+        buf_new = _cast(buf_stored, cdt)
+      leaves.append(_Leaf(g_step, u, nu_stored, mu_stored, buf_new, r, c, rdt, leaf_decay, p, g_in.dtype))
 
+    # Nesterov's step adds the preconditioned gradient to the new buffer, so it reads that
+    # gradient a second time: recomputed from the state as stored (see _for_recomputing).
+    if config.nesterov:
+      again = _for_recomputing([(leaf.nu_stored, leaf.mu_stored) for leaf in leaves])
+
+    out_updates = []
+    for index, leaf in enumerate(leaves):
+      c, u = leaf.c, leaf.u
       if lr is None:
         step = u
       elif not use_momentum:
@@ -349,30 +353,17 @@ def build(config: _Config) -> optax.GradientTransformation:
         # which saves a negation per leaf.
         step = lax.mul(c.neg_lr, u)
       else:
-        added = lax.mul(c.lr, u) if config.lr_in_momentum else u
-        buf_stored = _store(lax.add(lax.mul(c.momentum, _cast(buf, cdt)), added), buf.dtype, config,
-                            lambda: key(_MOMENTUM))
-        out_mom.append(buf_stored)
-        buf_new = _cast(buf_stored, cdt)
+        step = leaf.buf_new
         if config.nesterov:
-          looks_ahead.append(_LookAhead(
-              len(out_updates), g_step, nu_stored, mu_stored, buf_new, r, c, rdt, leaf_decay, p, g_in.dtype,
-          ))
-          out_updates.append(None)
-          continue
-        step = momentum_signed(buf_new, c)
-      out_updates.append(finished(step, c, leaf_decay, p, g_in.dtype))
-
-    # Nesterov's step adds the preconditioned gradient to the new buffer, so it needs that
-    # gradient a second time: recomputed from the state as stored, the same arithmetic on the
-    # same values, bit for bit.
-    again = _for_recomputing([(leaf.nu_stored, leaf.mu_stored) for leaf in looks_ahead])
-    for leaf, (nu_again, mu_again) in zip(looks_ahead, again):
-      c = leaf.c
-      u = _precondition(config, leaf.g, nu_again, mu_again, leaf.r, c, leaf.rdt)
-      added = lax.mul(c.lr, u) if config.lr_in_momentum else u
-      step = momentum_signed(lax.add(added, lax.mul(c.momentum, leaf.buf_new)), c)
-      out_updates[leaf.position] = finished(step, c, leaf.leaf_decay, leaf.p, leaf.dtype)
+          u = _precondition(config, leaf.g, *again[index], leaf.r, c, leaf.rdt)
+          step = lax.add(lax.mul(c.lr, u) if config.lr_in_momentum else u, lax.mul(c.momentum, step))
+        if not config.lr_in_momentum:
+          step = lax.mul(c.lr, step)
+        step = lax.neg(step)
+      if lr is not None and config.decoupled_weight_decay and leaf.weight_decay is not None:
+        # Added after the sign flip, as (-lr * weight_decay) * p.
+        step = lax.add(step, lax.mul(lax.mul(c.neg_lr, leaf.weight_decay), _cast(leaf.p, step.dtype)))
+      out_updates.append(_cast(step, leaf.dtype))
 
     unflatten = treedef.unflatten
     new_state = RMSPropState(
