@@ -46,3 +46,11 @@ def test_quick_benchmark_writes_its_report(run_module, tmp_path):
 
   # The bytes XLA's loops move were read for every step, so the per-byte ratio is defined.
   assert all(report.per_byte_vs_floor(row) > 0 for row in results["steps"])
+
+
+def test_blocking_experiment_runs_and_computes_the_plain_step(run_module):
+  import blocking
+
+  # main() checks that both chunked steps give the plain step's parameters and average.
+  medians = blocking.main(["--size", "8192", "--chunk", "1024", "--rounds", "1"])
+  assert set(medians) == {"plain", "scan", "fori_loop"} and all(s > 0 for s in medians.values())
