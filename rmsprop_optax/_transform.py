@@ -7,6 +7,7 @@ from typing import Any, Callable, NamedTuple, Union
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rmsprop_optax import _rounding, _validation
@@ -129,17 +130,17 @@ class _Hyper(NamedTuple):
   def in_dtype(self, dtype: Any) -> "_Hyper":
     """The hyperparameters in `dtype`, for arithmetic with a leaf computed in it.
 
-    Python numbers stay Python floats: lax takes them as the other operand's dtype, rounding
-    them exactly as a conversion would, and they trace to literals. Arrays (schedules,
-    injected values) are converted. Called once per dtype, not once per leaf, so a tree of a
-    thousand leaves traces a handful of conversions.
+    Python numbers become NumPy scalars of `dtype`, rounded once here, which trace to
+    literals; a bare Python float would reach lax as float64 under `jax_enable_x64` and clash
+    with a float32 leaf. Arrays (schedules, injected values) are converted. Called once per
+    dtype, not once per leaf, so a tree of a thousand leaves traces a handful of conversions.
     """
 
     def convert(value):
       if value is None:
         return None
-      if isinstance(value, (int, float)) and not isinstance(value, bool) and jnp.issubdtype(dtype, jnp.floating):
-        return float(value)
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return np.asarray(value, dtype)[()]
       return jnp.asarray(value, dtype)
 
     return _Hyper(*map(convert, self))
@@ -178,7 +179,8 @@ def _precondition(
     if config.bias_correction:
       mu_hat = lax.mul(mu_hat, c.inv_correction)
     # v - m^2 is a variance, >= 0 in exact arithmetic; rounding can push it below zero.
-    variance = lax.max(lax.sub(nu_hat, _abs_sq(mu_hat)), 0.0)
+    variance = lax.sub(nu_hat, _abs_sq(mu_hat))
+    variance = lax.max(variance, np.zeros((), variance.dtype)[()])
   if config.eps_in_sqrt:
     return lax.mul(g, _cast(lax.rsqrt(lax.add(variance, r.eps)), cdt))
   return lax.div(g, _cast(lax.add(lax.sqrt(variance), r.eps), cdt))
@@ -254,9 +256,11 @@ def build(config: _Config) -> optax.GradientTransformation:
     lr = None if config.learning_rate is None else _at(config.learning_rate, count)
     inv_correction = None
     if config.bias_correction:
-      # 1 - decay**t, accurate for decays near 1 (where 1 - 0.999**1 loses digits).
-      steps = new_count.astype(jnp.float32)
-      correction = -jnp.expm1(steps * jnp.log1p(-jnp.asarray(one_minus_decay, jnp.float32)))
+      # 1 - decay**t, accurate for decays near 1 (where 1 - 0.999**1 loses digits), in the
+      # widest float JAX has enabled (float64 under jax_enable_x64), then rounded per leaf.
+      wide = jax.dtypes.canonicalize_dtype(jnp.float64)
+      steps = new_count.astype(wide)
+      correction = -jnp.expm1(steps * jnp.log1p(-jnp.asarray(one_minus_decay, wide)))
       inv_correction = 1.0 / correction
     hyper = _Hyper(
         decay=decay, one_minus_decay=one_minus_decay, eps=_at(config.eps, count), lr=lr,

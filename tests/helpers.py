@@ -76,15 +76,17 @@ class Quadratic:
     """The starting point, float32 (complex64 for complex leaves)."""
     return [p.astype(np.complex64 if np.iscomplexobj(p) else np.float32) for p in self.init]
 
-  def grads(self, params: list, t: int) -> list:
-    """Float32 (or complex64) gradients at `params` for step `t` (computed in float64)."""
+  def grads(self, params: list, t: int, precision: int = 32) -> list:
+    """Gradients at `params` for step `t`, computed in float64 and given as float32 (or
+    complex64), or with ``precision=64`` as float64 (or complex128)."""
     out = []
     for p, a, b, noise in zip(params, self.a, self.b, self.noise):
       flat = np.asarray(p, dtype=np.complex128 if np.iscomplexobj(p) else np.float64).ravel()
       g = a.conj().T @ (a @ flat - b) + noise[t]
       g = -g if self.negate else g
       g = 0 * g if (self.zero_first_step and t == 0) else g
-      out.append(g.reshape(np.shape(p)).astype(np.complex64 if np.iscomplexobj(g) else np.float32))
+      real, cplx = (np.float64, np.complex128) if precision == 64 else (np.float32, np.complex64)
+      out.append(g.reshape(np.shape(p)).astype(cplx if np.iscomplexobj(g) else real))
     return out
 
 

@@ -166,3 +166,68 @@ def test_none_leaves_pass_through():
   updates, state = opt.update({"w": jnp.ones(3, jnp.float32), "frozen": None}, state, params)
   assert updates["frozen"] is None and state.nu["frozen"] is None
   assert updates["w"].shape == (3,)
+
+
+# With jax_enable_x64 a Python float is float64 to JAX: every hyperparameter must still meet
+# each leaf in its own dtype. Bias correction at decay 0.999 and a learning-rate schedule
+# make a float32 shortcut anywhere in the arithmetic show at float64 precision.
+X64_CASES = {
+    "plain": dict(),
+    "centered_nesterov_bias": dict(centered=True, momentum=0.9, nesterov=True, bias_correction=True),
+    "coupled_wd_eps_out_lr_out": dict(weight_decay=0.05, eps_in_sqrt=False, momentum=0.8, lr_in_momentum=False),
+    "decoupled_wd_bias_maximize": dict(weight_decay=0.05, decoupled_weight_decay=True, bias_correction=True,
+                                       maximize=True),
+}
+
+
+@pytest.mark.parametrize("name", list(X64_CASES))
+def test_under_x64_float64_leaves_track_the_reference_to_float64_precision(name):
+  kwargs = dict(X64_CASES[name], eps=1e-6)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=2)
+  problem = helpers.Quadratic(shapes=((3, 4), (5,)), seed=21, steps=STEPS, complex_leaves=(1,),
+                              negate=kwargs.get("maximize", False),
+                              zero_first_step=kwargs.get("centered", False) and kwargs.get("bias_correction", False))
+  ref_cfg = helpers.RefConfig(learning_rate=lambda t: float(lrs[t]), decay=0.999, **kwargs)
+  expected = [p.astype(np.complex128 if np.iscomplexobj(p) else np.float64) for p in problem.params()]
+  ref = helpers.ReferenceRMSProp(ref_cfg, expected)
+  for t in range(STEPS):
+    expected = ref.step(expected, problem.grads(expected, t, precision=64))
+
+  with jax.enable_x64(True):
+    table = jnp.asarray(lrs, jnp.float64)
+    opt = rmsprop(lambda count: table[count], decay=0.999, **kwargs)
+    step = jax.jit(lambda g, s, p: opt.update(g, s, p))
+    params = [jnp.asarray(p) for p in problem.params()]
+    params = [p.astype(jnp.complex128 if jnp.iscomplexobj(p) else jnp.float64) for p in params]
+    state = opt.init(params)
+    for t in range(STEPS):
+      grads = [jnp.asarray(g) for g in problem.grads([np.asarray(p) for p in params], t, precision=64)]
+      updates, state = step(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    assert [p.dtype for p in params] == [jnp.float64, jnp.complex128]
+  helpers.assert_close_to_scale(params, expected, rtol=1e-12, what=name)
+
+
+@pytest.mark.parametrize("name", list(X64_CASES))
+def test_under_x64_narrower_leaves_keep_their_dtypes_and_track_the_reference(name):
+  kwargs = dict(X64_CASES[name], eps=1e-6)
+  problem = helpers.Quadratic(shapes=((3, 4), (5,)), seed=22, steps=STEPS, complex_leaves=(1,),
+                              negate=kwargs.get("maximize", False),
+                              zero_first_step=kwargs.get("centered", False) and kwargs.get("bias_correction", False))
+  expected = _reference_run(helpers.RefConfig(learning_rate=lambda t: 0.01, decay=0.9, **kwargs), problem)
+  with jax.enable_x64(True):
+    opt = rmsprop(0.01, decay=0.9, **kwargs)
+    got = helpers.run_optax(opt, problem, STEPS, use_jit=True)
+    assert [p.dtype for p in got] == [np.float32, np.complex64]
+    # bfloat16 and float16 leaves: one step, in their own dtypes, close to the reference's.
+    for dtype in (jnp.bfloat16, jnp.float16):
+      params = [jnp.asarray(problem.init[0], dtype)]
+      grads = [jnp.asarray(problem.grads([problem.init[0]], 0, precision=64)[0], dtype)]
+      updates, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+      assert updates[0].dtype == dtype
+      one = helpers.ReferenceRMSProp(helpers.RefConfig(learning_rate=lambda t: 0.01, decay=0.9, **kwargs),
+                                     [np.asarray(params[0], np.float64)])
+      want = one.step([np.asarray(params[0], np.float64)], [np.asarray(grads[0], np.float64)])[0]
+      step_want = want - np.asarray(params[0], np.float64)
+      np.testing.assert_allclose(np.asarray(updates[0], np.float64), step_want, rtol=2e-2, atol=1e-4)
+  helpers.assert_close_to_scale(got, expected)
