@@ -86,7 +86,8 @@ def rmsprop(
       beside the step (Keras, AdamW, timm's ``decoupled_decay``).
     weight_decay_mask: None (decay every leaf), a tree of booleans with the params' structure
       (or a prefix of it), or a callable from params to such a tree; False leaves are not
-      decayed.
+      decayed. Under `optax.inject_hyperparams`, list a callable mask in ``static_args``:
+      it would otherwise be called as a schedule, with the step count.
     maximize: ascend the objective instead of descending it (PyTorch's ``maximize``).
     nu_dtype: storage dtype of :math:`v` and :math:`m`, e.g. ``jnp.bfloat16``; None keeps the
       param's precision, at least float32. Arithmetic stays at least float32; each step
@@ -102,8 +103,10 @@ def rmsprop(
     An `optax.GradientTransformation` whose state is an `RMSPropState`.
 
   Raises:
-    ValueError: a concrete hyperparameter is out of range, or ``nesterov`` has no momentum.
-    TypeError: a dtype argument is not a real floating dtype.
+    ValueError: a concrete hyperparameter is out of range or not a scalar, or ``nesterov``
+      has no momentum.
+    TypeError: a hyperparameter is not a number, a scalar array or a schedule (None
+      included), or a dtype argument is not a real floating dtype.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -139,6 +142,13 @@ def make(
 
   Flags not given take `rmsprop`'s defaults.
   """
+  if learning_rate is None:
+    lr_name = arg_names.get("learning_rate", "learning_rate")
+    raise TypeError(
+        f"{fn}: `{lr_name}` must be a number, a scalar array or a schedule (a callable of the "
+        f"step count), but got {lr_name}=None. Pass a step size such as 1e-3; for the "
+        "preconditioner alone, without a learning rate, use rmsprop_optax.scale_by_rms."
+    )
   defaults = dict(
       eps_in_sqrt=True, initial_scale=0.0, centered=False, momentum=None, nesterov=False,
       lr_in_momentum=True, bias_correction=False, decoupled_weight_decay=False,

@@ -46,8 +46,20 @@ class _Config(NamedTuple):
   arg_names: dict = {}
 
 
-def _at(value: ScalarOrSchedule, count: jax.Array | None) -> Any:
-  return value(count) if callable(value) else value
+def _at(config: _Config, arg: str, count: jax.Array | None) -> Any:
+  """The hyperparameter `arg` at step `count`: its value, or its schedule's (a scalar)."""
+  value = getattr(config, arg)
+  if not callable(value):
+    return value
+  value = value(count)
+  if np.ndim(value) != 0:
+    name = config.arg_names.get(arg, arg)
+    raise ValueError(
+        f"{config.fn}: the schedule given as `{name}` returned an array of shape "
+        f"{np.shape(value)}, but a hyperparameter must be a scalar at every step. Make the "
+        "schedule return one number (such as an Optax schedule does)."
+    )
+  return value
 
 
 def _keeps_count(config: _Config) -> bool:
@@ -110,6 +122,11 @@ def _abs_sq(x: jax.Array) -> jax.Array:
   return lax.square(x)
 
 
+def _as_array(x: Any) -> Any:
+  """`x`, or a Python number as a JAX array of JAX's default dtype for it."""
+  return x if hasattr(x, "dtype") else jnp.asarray(x)
+
+
 def _cast(x: jax.Array, dtype: Any) -> jax.Array:
   """`x` in `dtype`, without tracing a no-op conversion when it already is."""
   return x if x.dtype == dtype else lax.convert_element_type(x, dtype)
@@ -146,15 +163,33 @@ class _Hyper(NamedTuple):
     return _Hyper(*map(convert, self))
 
 
-def _leaf_mask(mask: Any, updates: Any, params: Any) -> list[Any]:
+def _leaf_mask(fn: str, mask: Any, updates: Any, params: Any) -> list[Any]:
   """One weight-decay flag per gradient leaf (True where there is no mask)."""
   treedef = jax.tree.structure(updates)
   if mask is None:
     return [True] * treedef.num_leaves
   if callable(mask):
     mask = mask(params)
+  if isinstance(mask, (jax.Array, jax.core.Tracer)) and treedef.num_leaves != 1:
+    # optax.inject_hyperparams takes any callable for a schedule: it calls a mask function
+    # with the step count and passes on what comes back, one array for the whole tree.
+    raise TypeError(
+        f"{fn}: `weight_decay_mask` must be a tree of booleans shaped like the params, or a "
+        f"callable that returns one, but got a single array ({mask!r}) for params with "
+        f"{treedef.num_leaves} leaves. Under optax.inject_hyperparams, which calls every "
+        "callable argument with the step count, list 'weight_decay_mask' in its static_args; "
+        "otherwise pass True or False to decay every leaf or none."
+    )
   # `mask` may be a prefix of the params tree: broadcast each flag over its subtree.
-  full = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: flag, sub), mask, updates)
+  try:
+    full = jax.tree.map(lambda flag, sub: jax.tree.map(lambda _: flag, sub), mask, updates)
+  except ValueError as error:
+    raise ValueError(
+        f"{fn}: `weight_decay_mask` must have the params' tree structure, or a prefix of it, "
+        f"but its structure {jax.tree.structure(mask)} does not match the gradients' "
+        f"{treedef}. Build it from the params, for example jax.tree.map(lambda p: p.ndim > 1, "
+        "params), or pass a callable that does."
+    ) from error
   return treedef.flatten_up_to(full)
 
 
@@ -229,6 +264,7 @@ def build(config: _Config) -> optax.GradientTransformation:
 
   def init_fn(params):
     _validation.check_init_params(config.fn, params)
+    params = jax.tree.map(_as_array, params)  # Python numbers too, as Optax accepts them
 
     def buffers(value, chosen, real):
       return jax.tree.map(
@@ -246,14 +282,15 @@ def build(config: _Config) -> optax.GradientTransformation:
     _validation.check_update_inputs(
         config.fn, updates, state.nu, params,
         "weight_decay" if use_weight_decay else None,
+        state.momentum if use_momentum else state.mu,
     )
     count = state.count
     new_count = increment(count) if keep_count else None
-    decay = _at(config.decay, count)
+    decay = _at(config, "decay", count)
     # With a Python decay, 1 - decay is taken in double precision before rounding, so a decay
     # of 1 - 1e-9 still adds its sliver of the new gradient instead of rounding to zero.
     one_minus_decay = 1.0 - decay
-    lr = None if config.learning_rate is None else _at(config.learning_rate, count)
+    lr = None if config.learning_rate is None else _at(config, "learning_rate", count)
     inv_correction = None
     if config.bias_correction:
       # 1 - decay**t, accurate for decays near 1 (where 1 - 0.999**1 loses digits), in the
@@ -263,22 +300,22 @@ def build(config: _Config) -> optax.GradientTransformation:
       correction = -jnp.expm1(steps * jnp.log1p(-jnp.asarray(one_minus_decay, wide)))
       inv_correction = 1.0 / correction
     hyper = _Hyper(
-        decay=decay, one_minus_decay=one_minus_decay, eps=_at(config.eps, count), lr=lr,
+        decay=decay, one_minus_decay=one_minus_decay, eps=_at(config, "eps", count), lr=lr,
         neg_lr=None if lr is None else -lr,
-        momentum=_at(config.momentum, count) if use_momentum else None,
-        weight_decay=_at(config.weight_decay, count) if use_weight_decay else None,
+        momentum=_at(config, "momentum", count) if use_momentum else None,
+        weight_decay=_at(config, "weight_decay", count) if use_weight_decay else None,
         inv_correction=inv_correction,
     )
     hyper_by_dtype = {}
 
     treedef = jax.tree.structure(updates)
-    grads = treedef.flatten_up_to(updates)
+    grads = [_as_array(g) for g in treedef.flatten_up_to(updates)]
     nus = treedef.flatten_up_to(state.nu)
     mus = treedef.flatten_up_to(state.mu) if config.centered else [None] * len(grads)
     bufs = treedef.flatten_up_to(state.momentum) if use_momentum else [None] * len(grads)
     ps = treedef.flatten_up_to(params) if use_weight_decay else [None] * len(grads)
     masks = (
-        _leaf_mask(config.weight_decay_mask, updates, params) if use_weight_decay else [True] * len(grads)
+        _leaf_mask(config.fn, config.weight_decay_mask, updates, params) if use_weight_decay else [True] * len(grads)
     )
 
     # Coupled weight decay feeds g + weight_decay * p to the state's loops and to the step's:
@@ -385,6 +422,13 @@ def validate(config: _Config) -> _Config:
   """Checks a configuration's concrete numbers and flags; returns it with dtypes resolved."""
   fn = config.fn
   name = lambda arg: config.arg_names.get(arg, arg)  # noqa: E731
+  # None means no learning rate (scale_by_rms), no momentum or no weight decay.
+  optional = {"learning_rate": config.learning_rate, "momentum": config.momentum,
+              "weight_decay": config.weight_decay}
+  for arg, value in {"decay": config.decay, "eps": config.eps, **optional}.items():
+    if value is not None or arg not in optional:
+      _validation.check_number(fn, name(arg), value)
+  _validation.check_number(fn, name("initial_scale"), config.initial_scale, schedulable=False)
   if config.learning_rate is not None:
     _validation.check_nonnegative(fn, name("learning_rate"), config.learning_rate, "the step size")
   _validation.check_unit_interval(fn, name("decay"), config.decay, "the weight the average keeps each step")
@@ -394,7 +438,8 @@ def validate(config: _Config) -> _Config:
   )
   if config.momentum is not None:
     _validation.check_unit_interval(fn, name("momentum"), config.momentum, "the momentum buffer's decay")
-  if config.nesterov and (config.momentum is None or _validation.concrete_number(config.momentum) == 0.0):
+  # Only the Python number 0 is static: an array may be an injected momentum that rises later.
+  if config.nesterov and (config.momentum is None or _validation.is_static_zero(config.momentum)):
     raise ValueError(
         f"{fn}: nesterov=True needs a momentum, but got momentum={config.momentum!r}. "
         "Nesterov's look-ahead is a property of the momentum buffer: pass momentum=0.9 "

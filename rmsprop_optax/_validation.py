@@ -44,6 +44,40 @@ def _describe(value: Any) -> str:
   return repr(value) if isinstance(value, (int, float)) else f"{value!r}"
 
 
+def check_number(fn: str, name: str, value: Any, *, schedulable: bool = True) -> None:
+  """Checks that `value` is a number, a scalar array (traced or not) or, if `schedulable`, a
+  callable of the step count; raises TypeError naming the argument otherwise."""
+  if schedulable and callable(value):
+    return
+  is_array = isinstance(value, (jax.Array, np.ndarray, np.generic, jax.core.Tracer))
+  numeric = is_array and (
+      jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+  )
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  allowed = "a number, a scalar array or a schedule (a callable of the step count)"
+  if not schedulable:
+    allowed = "a number or a scalar array"
+  if not (number or numeric):
+    raise TypeError(
+        f"{fn}: `{name}` must be {allowed}, but got {name}={value!r} (of type "
+        f"{type(value).__name__}). Pass a number such as {_EXAMPLES.get(name, '0.1')}."
+    )
+  if numeric and np.ndim(value) != 0:
+    raise ValueError(
+        f"{fn}: `{name}` must be a scalar, but got an array of shape {np.shape(value)}. One "
+        f"value applies to every coordinate; pass a number such as {_EXAMPLES.get(name, '0.1')}, "
+        "or use optax.masked or optax.multi_transform to give leaves different values."
+    )
+
+
+# An example value per argument, in the caller's names too, for the messages above.
+_EXAMPLES = {
+    "learning_rate": "1e-3", "lr": "1e-2", "decay": "0.9", "alpha": "0.99", "rho": "0.9",
+    "eps": "1e-8", "epsilon": "1e-7", "momentum": "0.9", "weight_decay": "1e-4",
+    "initial_scale": "0.0",
+}
+
+
 def check_unit_interval(fn: str, name: str, value: Any, meaning: str) -> None:
   """Checks `0 <= value < 1` for a concrete value."""
   number = concrete_number(value)
@@ -126,8 +160,14 @@ def check_init_params(fn: str, params: Any) -> None:
       )
 
 
-def check_update_inputs(fn: str, updates: Any, nu: Any, params: Any, needs_params: str | None) -> None:
-  """Checks structure, shapes and dtypes of `updates` (and `params`) against the state."""
+def check_update_inputs(
+    fn: str, updates: Any, nu: Any, params: Any, needs_params: str | None, buffers: Any = None
+) -> None:
+  """Checks structure, shapes and dtypes of `updates` (and `params`) against the state.
+
+  `buffers`, a state tree that is complex where the params given to init were (the momentum
+  buffer or the average of gradients), or None where the state has none.
+  """
   update_def = jax.tree.structure(updates)
   state_def = jax.tree.structure(nu)
   if update_def != state_def:
@@ -136,20 +176,36 @@ def check_update_inputs(fn: str, updates: Any, nu: Any, params: Any, needs_param
         f"Gradients: {update_def}; state (from init): {state_def}. Call init on params with "
         "the same structure as the gradients you pass to update."
     )
-  for (path, g), n in zip(_leaves_with_paths(updates), jax.tree.leaves(nu)):
+  # Paths are found only for a message: `keystr` on every leaf of a large tree costs tracing.
+  grads = jax.tree.leaves(updates)
+  path_of = lambda index: _leaves_with_paths(updates)[index][0]  # noqa: E731
+  like = jax.tree.leaves(buffers) if buffers is not None else [None] * len(grads)
+  for index, (g, n, buffer) in enumerate(zip(grads, jax.tree.leaves(nu), like)):
     dtype = getattr(g, "dtype", None)
+    if dtype is None and isinstance(g, (int, float, complex)):
+      dtype = jnp.result_type(g)  # a Python number, as JAX would convert it
     if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
       name = np.dtype(dtype).name if dtype is not None else type(g).__name__
       raise TypeError(
-          f"{fn}.update: the gradient at {path} has dtype {name}, but gradients must be "
-          "floating (or complex) arrays. Differentiate with respect to floating "
+          f"{fn}.update: the gradient at {path_of(index)} has dtype {name}, but gradients must "
+          "be floating (or complex) arrays. Differentiate with respect to floating "
           "parameters, or cast the gradient with .astype(jnp.float32)."
       )
-    if tuple(g.shape) != tuple(n.shape):
+    if tuple(np.shape(g)) != tuple(n.shape):
       raise ValueError(
-          f"{fn}.update: the gradient at {path} has shape {tuple(g.shape)}, but the "
-          f"optimizer state for that leaf has shape {tuple(n.shape)}. The gradients must have "
-          "the shapes of the params given to init; re-run init if the model changed."
+          f"{fn}.update: the gradient at {path_of(index)} has shape {tuple(np.shape(g))}, but "
+          f"the optimizer state for that leaf has shape {tuple(n.shape)}. The gradients must "
+          "have the shapes of the params given to init; re-run init if the model changed."
+      )
+    gradient_complex = jnp.issubdtype(dtype, jnp.complexfloating)
+    if buffer is not None and gradient_complex != jnp.issubdtype(buffer.dtype, jnp.complexfloating):
+      kinds = ("complex", "real") if gradient_complex else ("real", "complex")
+      raise TypeError(
+          f"{fn}.update: the gradient at {path_of(index)} is {kinds[0]} "
+          f"({np.dtype(dtype).name}), but the parameter given to init for that leaf was "
+          f"{kinds[1]}, and its state is {buffer.dtype.name}. Pass gradients of the "
+          "parameters' own kind (jax.grad of a complex parameter is complex), or re-run init "
+          "on the parameters you optimize."
       )
   if needs_params is None:
     return
@@ -164,9 +220,10 @@ def check_update_inputs(fn: str, updates: Any, nu: Any, params: Any, needs_param
         f"{jax.tree.structure(params)}; gradients: {update_def}. Pass the params the "
         "gradients were taken of."
     )
-  for (path, p), g in zip(_leaves_with_paths(params), jax.tree.leaves(updates)):
-    if tuple(np.shape(p)) != tuple(g.shape):
+  for index, (p, g) in enumerate(zip(jax.tree.leaves(params), grads)):
+    if tuple(np.shape(p)) != tuple(np.shape(g)):
       raise ValueError(
-          f"{fn}.update: the parameter at {path} has shape {tuple(np.shape(p))}, but its "
-          f"gradient has shape {tuple(g.shape)}. Pass the params the gradients were taken of."
+          f"{fn}.update: the parameter at {path_of(index)} has shape {tuple(np.shape(p))}, but "
+          f"its gradient has shape {tuple(np.shape(g))}. Pass the params the gradients were "
+          "taken of."
       )

@@ -160,7 +160,11 @@ def optax(
     \quad b = u + \mu b
 
   with the learning-rate schedule evaluated at the count before the update, as Optax does.
+  As in Optax, ``nesterov`` without a momentum (None or 0) is the plain step.
   """
+  # Optax builds no trace for momentum=None and a trace of decay 0 for momentum=0: either
+  # way its Nesterov step is the plain one, and `rmsprop` would reject the flag.
+  nesterov = nesterov and momentum is not None and not is_static_zero(momentum)
   return make(
       "presets.optax", {}, learning_rate, decay, eps, eps_in_sqrt=eps_in_sqrt,
       initial_scale=initial_scale, centered=centered, momentum=momentum, nesterov=nesterov,

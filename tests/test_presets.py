@@ -140,6 +140,16 @@ def test_optax_preset_matches_optax_rmsprop(kwargs):
   helpers.assert_close_to_scale(ours, expected)
 
 
+@pytest.mark.parametrize("momentum", [None, 0.0])
+def test_optax_preset_takes_nesterov_without_momentum_as_optax_does(momentum):
+  # Optax accepts nesterov=True with no momentum or momentum 0, and runs the plain step.
+  problem = helpers.Quadratic(SHAPES, seed=59, steps=STEPS)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=7)
+  expected = helpers.run_optax(optax_lib.rmsprop(_schedule(lrs), momentum=momentum, nesterov=True), problem, STEPS)
+  ours = helpers.run_optax(presets.optax(_schedule(lrs), momentum=momentum, nesterov=True), problem, STEPS)
+  helpers.assert_close_to_scale(ours, expected)
+
+
 # --- TF1 and timm, against transcriptions of their equations ---------------------------------
 
 

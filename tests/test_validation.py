@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+import helpers
 from rmsprop_optax import presets, rmsprop, scale_by_rms
 
 
@@ -50,6 +51,20 @@ def test_nesterov_without_momentum_is_rejected():
     rmsprop(0.1, momentum=0.0, nesterov=True)
 
 
+def test_an_injected_zero_momentum_with_nesterov_is_accepted_as_it_may_rise():
+  # An array is not static: inject_hyperparams may start momentum at 0 and raise it later.
+  params, grads = jnp.array([0.2, 0.4, 0.6], jnp.float32), jnp.array([-0.5, 0.3, 0.24], jnp.float32)
+  ours = optax.inject_hyperparams(rmsprop)(learning_rate=0.1, momentum=0.0, nesterov=True)
+  theirs = optax.rmsprop(0.1, momentum=0.0, nesterov=True)
+  state, expected_state = ours.init(params), theirs.init(params)
+  for momentum in (0.0, 0.0, 0.9, 0.9):
+    state.hyperparams["momentum"] = jnp.asarray(momentum)
+    theirs = optax.rmsprop(0.1, momentum=momentum, nesterov=True)
+    updates, state = ours.update(grads, state, params)
+    expected, expected_state = theirs.update(grads, expected_state, params)
+    np.testing.assert_allclose(updates, expected, rtol=1e-6)
+
+
 def test_negative_weight_decay_and_initial_scale_are_rejected():
   with pytest.raises(ValueError, match=r"`weight_decay` must be a finite number >= 0.*got weight_decay=-0.1"):
     rmsprop(0.1, weight_decay=-0.1)
@@ -87,13 +102,47 @@ def test_seed_must_be_an_int():
         (lambda: presets.keras(epsilon=-1e-7), r"presets.keras: `epsilon` must be.*epsilon=-1e-07"),
         (lambda: presets.keras(rho=1.0), r"presets.keras: `rho` must be in \[0, 1\)"),
         (lambda: presets.tf1(0.1, momentum=1.1), r"presets.tf1: `momentum` must be in \[0, 1\)"),
-        (lambda: presets.optax(0.1, nesterov=True), r"presets.optax: nesterov=True needs a momentum"),
+        (lambda: presets.optax(0.1, momentum=1.5), r"presets.optax: `momentum` must be in \[0, 1\)"),
         (lambda: presets.timm_tf(weight_decay=-1), r"presets.timm_tf: `weight_decay` must be.*weight_decay=-1"),
     ],
 )
 def test_presets_name_arguments_in_their_frameworks_words(factory, pattern):
   with pytest.raises(ValueError, match=pattern):
     factory()
+
+
+@pytest.mark.parametrize(
+    "factory,pattern",
+    [
+        (lambda: rmsprop(0.1, decay=None), r"rmsprop: `decay` must be a number, a scalar array or a schedule.*got decay=None \(of type NoneType\)"),
+        (lambda: rmsprop(0.1, eps="1e-8"), r"`eps` must be a number.*got eps='1e-8' \(of type str\)"),
+        (lambda: rmsprop(True), r"`learning_rate` must be a number.*got learning_rate=True \(of type bool\)"),
+        (lambda: rmsprop(0.1, momentum=[0.9]), r"`momentum` must be a number.*\(of type list\)"),
+        (lambda: scale_by_rms(initial_scale=None), r"`initial_scale` must be a number or a scalar array, but got initial_scale=None"),
+        (lambda: presets.keras(rho="0.9"), r"presets.keras: `rho` must be a number.*Pass a number such as 0.9"),
+    ],
+)
+def test_hyperparameters_that_are_not_numbers_are_rejected_at_construction(factory, pattern):
+  with pytest.raises(TypeError, match=pattern):
+    factory()
+
+
+@pytest.mark.parametrize("factory,name", [(rmsprop, "learning_rate"), (presets.pytorch, "lr"), (presets.optax, "learning_rate")])
+def test_a_learning_rate_of_none_is_rejected_and_scale_by_rms_suggested(factory, name):
+  # A None learning rate would otherwise give the bare preconditioner, a step uphill.
+  with pytest.raises(TypeError, match=rf"`{name}` must be a number.*got {name}=None.*use rmsprop_optax.scale_by_rms"):
+    factory(None)
+
+
+def test_non_scalar_hyperparameters_and_schedules_are_rejected():
+  with pytest.raises(ValueError, match=r"`learning_rate` must be a scalar, but got an array of shape \(3,\).*optax.masked"):
+    rmsprop(jnp.array([0.1, 0.2, 0.3]))
+  with pytest.raises(ValueError, match=r"`alpha` must be a scalar, but got an array of shape \(2,\)"):
+    presets.pytorch(alpha=np.array([0.9, 0.99]))
+  opt = presets.pytorch(lr=0.1, alpha=lambda count: jnp.full(3, 0.9))
+  params = jnp.ones(3, jnp.float32)
+  with pytest.raises(ValueError, match=r"presets.pytorch: the schedule given as `alpha` returned an array of shape \(3,\)"):
+    opt.update(params, opt.init(params), params)
 
 
 def test_traced_hyperparameters_are_not_inspected():
@@ -179,3 +228,51 @@ def test_works_inside_optax_chain_error_paths():
   state = opt.init({"a": jnp.ones(2, jnp.float32)})
   with pytest.raises(ValueError, match=r"rmsprop.update: the gradients' tree structure"):
     opt.update({"a": jnp.ones(2, jnp.float32), "b": jnp.ones(1, jnp.float32)}, state)
+
+
+def test_update_rejects_a_weight_decay_mask_that_does_not_fit_the_params():
+  params = {"a": jnp.ones(2, jnp.float32), "b": jnp.ones(3, jnp.float32)}
+  for mask in ({"a": True}, [True, False]):
+    opt, state = _state(params, weight_decay=0.1, weight_decay_mask=mask)
+    with pytest.raises(ValueError, match=r"`weight_decay_mask` must have the params' tree structure.*does not match"):
+      opt.update(params, state, params)
+
+
+def test_a_callable_mask_under_inject_hyperparams_needs_static_args():
+  params = {"w": jnp.ones((2, 2), jnp.float32), "b": jnp.ones(2, jnp.float32)}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  mask = lambda p: jax.tree.map(lambda x: jnp.asarray(x.ndim > 1), p)  # noqa: E731
+  # inject_hyperparams calls the mask with the step count: one array comes back.
+  injected = optax.inject_hyperparams(rmsprop)(learning_rate=0.1, weight_decay=0.5, weight_decay_mask=mask,
+                                               decoupled_weight_decay=True)
+  with pytest.raises(TypeError, match=r"got a single array .* for params with 2 leaves.*static_args"):
+    injected.update(zeros, injected.init(params), params)
+  # The documented fix: the mask is then called with the params, and decays only `w`.
+  fixed = optax.inject_hyperparams(rmsprop, static_args=("weight_decay_mask",))(
+      learning_rate=0.1, weight_decay=0.5, weight_decay_mask=mask, decoupled_weight_decay=True)
+  updates, _ = fixed.update(zeros, fixed.init(params), params)
+  np.testing.assert_allclose(updates["w"], -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)
+  np.testing.assert_array_equal(updates["b"], np.zeros(2))
+
+
+@pytest.mark.parametrize("kwargs", [dict(momentum=0.9), dict(centered=True)])
+def test_update_rejects_real_gradients_for_complex_params_and_the_reverse(kwargs):
+  opt, state = _state({"z": jnp.ones(2, jnp.complex64)}, **kwargs)
+  with pytest.raises(TypeError, match=re.escape("the gradient at ['z'] is real (float32), but the parameter given to init for that leaf was complex")):
+    opt.update({"z": jnp.ones(2, jnp.float32)}, state)
+  opt, state = _state({"x": jnp.ones(2, jnp.float32)}, **kwargs)
+  with pytest.raises(TypeError, match=re.escape("the gradient at ['x'] is complex (complex64), but the parameter given to init for that leaf was real")):
+    opt.update({"x": jnp.ones(2, jnp.complex64)}, state)
+
+
+def test_python_numbers_work_as_leaves_as_in_optax():
+  params, grads = {"a": 1.5, "b": jnp.ones(2, jnp.float32)}, {"a": -0.5, "b": jnp.full(2, 0.25, jnp.float32)}
+  ours, theirs = rmsprop(0.1, momentum=0.9), optax.rmsprop(0.1, momentum=0.9)
+  state, expected_state = ours.init(params), theirs.init(params)
+  for _ in range(3):
+    updates, state = ours.update(grads, state, params)
+    with helpers.standard_promotion():  # optax adds Python numbers and arrays freely
+      expected, expected_state = theirs.update(grads, expected_state, params)
+    for key in params:
+      np.testing.assert_allclose(updates[key], expected[key], rtol=1e-6)
+  assert updates["a"].dtype == jnp.float32
