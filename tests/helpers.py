@@ -261,6 +261,7 @@ def run_optax(opt, problem: Quadratic, steps: int, use_jit: bool = True) -> list
 
 def assert_close_to_scale(actual: list, expected: list, rtol: float = 1e-5, what: str = ""):
   """Every leaf within `rtol` of the expected parameters' scale (max |expected|, at least 1)."""
+  assert len(actual) == len(expected), f"{what}: {len(actual)} leaves, expected {len(expected)}"
   for i, (a, e) in enumerate(zip(actual, expected)):
     a, e = np.asarray(a), np.asarray(e)
     scale = max(1.0, float(np.max(np.abs(e))))

@@ -459,6 +459,26 @@ def test_stream_keys_are_distinct_for_every_seed_step_and_stream():
   assert len(set(np.asarray(keys).ravel().tolist())) == 50 * 4 * 6
 
 
+def test_the_update_draws_its_own_stream_for_every_leaf_field_and_step(monkeypatch):
+  # The keys the optimizer itself builds, for three leaves of the same shape with the average
+  # of squares, the average of gradients and the momentum buffer all in bfloat16.
+  used = []
+  original = _rounding.round_stochastic
+
+  def spy(value, dtype, stream):
+    used.append(int(np.asarray(stream)))
+    return original(value, dtype, stream)
+
+  monkeypatch.setattr(_rounding, "round_stochastic", spy)
+  opt = rmsprop(0.01, centered=True, momentum=0.9, nu_dtype=BF16, momentum_dtype=BF16,
+                stochastic_rounding=True, seed=3)
+  params = [jnp.full((8,), 1.0, jnp.float32)] * 3
+  state = opt.init(params)
+  for _ in range(4):  # eager, so that every key is a concrete number
+    _, state = opt.update(params, state, params)
+  assert len(used) == 4 * 3 * 3 and len(set(used)) == len(used)
+
+
 def test_uniform_bits_are_uniform_and_serially_independent():
   n, bins = 1 << 16, 64
   # Over positions, for one key.

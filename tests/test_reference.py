@@ -159,6 +159,64 @@ def test_weight_decay_mask_exempts_leaves():
   helpers.assert_close_to_scale(helpers.run_optax(by_fn, problem, STEPS, use_jit=True), got, rtol=0)
 
 
+def _nested(opt):
+  """`opt` run on params [[a, b], c] while the caller sees the list [a, b, c]."""
+  nest = lambda tree: None if tree is None else [[tree[0], tree[1]], tree[2]]  # noqa: E731
+
+  def update(updates, state, params=None):
+    updates, state = opt.update(nest(updates), state, nest(params))
+    return jax.tree.leaves(updates), state
+
+  return optax.GradientTransformation(lambda params: opt.init(nest(params)), update)
+
+
+MASKS = {
+    "list": [[True, True], False],
+    "array_entries": [[jnp.asarray(True), jnp.asarray(True)], jnp.asarray(False)],
+    "prefix": [True, False],  # one flag for the whole [a, b] subtree
+    "callable": lambda params: [jax.tree.map(lambda _: True, params[0]), False],
+}
+
+
+@pytest.mark.parametrize("decoupled", [False, True], ids=["coupled", "decoupled"])
+@pytest.mark.parametrize("mask", list(MASKS))
+def test_every_kind_of_weight_decay_mask_exempts_its_leaves(mask, decoupled):
+  # The quadratic's leaves are independent, so each leaf follows the reference run with or
+  # without weight decay.
+  problem = helpers.Quadratic(shapes=((4,), (2, 3), (3,)), seed=13, steps=STEPS)
+  kwargs = dict(weight_decay=0.2, decoupled_weight_decay=decoupled, momentum=0.5)
+  decayed = _reference_run(helpers.RefConfig(learning_rate=lambda t: 0.01, **kwargs), problem)
+  plain = _reference_run(helpers.RefConfig(learning_rate=lambda t: 0.01, momentum=0.5), problem)
+  opt = _nested(rmsprop(0.01, weight_decay_mask=MASKS[mask], **kwargs))
+  got = helpers.run_optax(opt, problem, STEPS, use_jit=True)
+  helpers.assert_close_to_scale(got[:2], decayed[:2], what="decayed")
+  helpers.assert_close_to_scale(got[2:], plain[2:], what="exempt")
+
+
+@pytest.mark.parametrize("eps", [0.3, 1e-2])
+@pytest.mark.parametrize("eps_in_sqrt", [True, False], ids=["eps_in", "eps_out"])
+@pytest.mark.parametrize("momentum", [None, 0.9])
+def test_a_large_eps_sits_where_the_flag_puts_it(eps, eps_in_sqrt, momentum):
+  # With eps comparable to the gradients' scale, inside and outside the root differ plainly.
+  problem = helpers.Quadratic(shapes=((5,), (2, 2)), seed=17, steps=STEPS)
+  kwargs = dict(eps=eps, eps_in_sqrt=eps_in_sqrt, momentum=momentum)
+  expected = _reference_run(helpers.RefConfig(learning_rate=lambda t: 0.05, **kwargs), problem)
+  got = helpers.run_optax(rmsprop(0.05, **kwargs), problem, STEPS, use_jit=True)
+  helpers.assert_close_to_scale(got, expected)
+
+
+def test_a_python_decay_a_hair_below_one_still_adds_its_sliver():
+  # 1 - decay is taken from the Python number: in float32, 1 - float32(decay) would be 0 and
+  # the average would never move.
+  decay = 1 - 1e-9
+  grads = np.array([1e3, -3e3, 0.0], np.float32)
+  opt = scale_by_rms(decay, 0.0, initial_scale=1.0)
+  _, state = jax.jit(opt.update)(jnp.asarray(grads), opt.init(jnp.zeros(3, jnp.float32)))
+  expected = decay * 1.0 + (1 - decay) * np.float64(grads) ** 2
+  np.testing.assert_allclose(np.asarray(state.nu, np.float64), expected, rtol=1e-7)
+  assert float(state.nu[0]) > 1.0
+
+
 def test_none_leaves_pass_through():
   opt = rmsprop(0.1, momentum=0.9, centered=True)
   params = {"w": jnp.ones(3, jnp.float32), "frozen": None}
