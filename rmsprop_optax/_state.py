@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+
 class RMSPropState(NamedTuple):
   """State of `rmsprop` and `scale_by_rms`, the same type for every configuration.
 
