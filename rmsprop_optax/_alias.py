@@ -22,7 +22,7 @@ def rmsprop(
     nesterov: bool = False,
     lr_in_momentum: bool = True,
     bias_correction: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     decoupled_weight_decay: bool = False,
     weight_decay_mask: Any = None,
     maximize: bool = False,
@@ -79,8 +79,9 @@ def rmsprop(
     bias_correction: divide the averages by :math:`1 - \rho^t` (as Adam does), removing the
       bias toward ``initial_scale`` in the first steps. With a decay schedule the current
       decay is used in :math:`1 - \rho^t`.
-    weight_decay: :math:`\lambda >= 0`; the Python number 0 turns weight decay off (and
-      ``params`` are then not needed by ``update``).
+    weight_decay: :math:`\lambda >= 0`, or None (the default) for no weight decay; the Python
+      number 0 also turns it off. Without it ``update`` needs no ``params``. (A default of 0
+      would be injected as an array by `optax.inject_hyperparams` and keep decay on.)
     decoupled_weight_decay: False adds :math:`\lambda p` to the gradient before everything
       (PyTorch, timm's default); True subtracts :math:`\eta_t \lambda p` from the parameters
       beside the step (Keras, AdamW, timm's ``decoupled_decay``).
@@ -136,7 +137,7 @@ def rmsprop(
 
 def make(
     fn: str, arg_names: dict, learning_rate: Any, decay: Any, eps: Any, *,
-    weight_decay: Any = 0.0, **flags: Any,
+    weight_decay: Any = None, **flags: Any,
 ) -> optax.GradientTransformation:
   """`rmsprop` as called by `fn`, whose errors name arguments by `arg_names` (ours -> theirs).
 
@@ -157,7 +158,7 @@ def make(
   )
   config = validate(_Config(
       fn=fn, learning_rate=learning_rate, decay=decay, eps=eps,
-      # The Python number 0 means no weight decay: no params needed, no work done.
+      # None or the Python number 0 means no weight decay: no params needed, no work done.
       weight_decay=None if is_static_zero(weight_decay) else weight_decay,
       arg_names=arg_names, **{**defaults, **flags},
   ))

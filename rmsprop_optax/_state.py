@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
 
 class RMSPropState(NamedTuple):
@@ -72,6 +72,9 @@ def zero_count(params: Any) -> jax.Array:
     if isinstance(sharding, NamedSharding):
       replicated = NamedSharding(sharding.mesh, PartitionSpec())
       return jax.make_array_from_callback((), replicated, lambda _: np.zeros((), np.int32))
+    if isinstance(sharding, SingleDeviceSharding) and leaf.committed:
+      # Params committed to one device (`device_put(params, device)`): the counter goes there.
+      return jax.device_put(np.zeros((), np.int32), sharding)
   return jnp.zeros([], jnp.int32)
 
 

@@ -8,6 +8,9 @@ equations behind each one are in the README's framework table.
 Where a framework decides structure from a number (PyTorch and Keras keep no momentum
 buffer when momentum is 0), so do the presets, but only for Python numbers: an array, such
 as one injected by `optax.inject_hyperparams`, keeps the buffer, since it may change later.
+For the same reason `weight_decay` defaults to None where the framework's default is 0: the
+same step, but `inject_hyperparams` leaves None alone, where it would inject a 0 as an array
+that keeps weight decay on and makes every update need the params.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def pytorch(
     lr: ScalarOrSchedule = 1e-2,
     alpha: ScalarOrSchedule = 0.99,
     eps: ScalarOrSchedule = 1e-8,
-    weight_decay: ScalarOrSchedule = 0,
+    weight_decay: ScalarOrSchedule | None = None,
     momentum: ScalarOrSchedule = 0,
     centered: bool = False,
     maximize: bool = False,
@@ -113,7 +116,7 @@ def keras(
   return make(
       "presets.keras", {"decay": "rho", "eps": "epsilon"}, learning_rate, rho, epsilon,
       eps_in_sqrt=True, initial_scale=0.0, centered=centered, momentum=_momentum_or_none(momentum), lr_in_momentum=True,
-      weight_decay=0.0 if weight_decay is None else weight_decay,
+      weight_decay=weight_decay,
       decoupled_weight_decay=True,
   )
 
@@ -176,7 +179,7 @@ def timm_tf(
     lr: ScalarOrSchedule = 1e-2,
     alpha: ScalarOrSchedule = 0.9,
     eps: ScalarOrSchedule = 1e-10,
-    weight_decay: ScalarOrSchedule = 0,
+    weight_decay: ScalarOrSchedule | None = None,
     momentum: ScalarOrSchedule = 0.0,
     centered: bool = False,
     decoupled_decay: bool = False,

@@ -189,6 +189,19 @@ def test_step_counter_is_usable_in_the_next_jitted_update_after_being_committed(
   helpers.assert_close_to_scale([new_params[k] for k in names], expected, rtol=1e-6)
 
 
+def test_step_counter_follows_params_committed_to_one_device():
+  device = jax.devices()[3]
+  params = jax.device_put({"w": jnp.ones((4, 4), jnp.float32)}, device)
+  opt = rmsprop(0.1, bias_correction=True)  # bias correction reads the count
+  state = opt.init(params)
+  assert state.count.sharding.device_set == {device} and state.count.committed
+  committed = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
+  grads = jax.device_put({"w": jnp.full((4, 4), 0.5, jnp.float32)}, device)
+  # A counter on the default device fails here: "Received incompatible devices".
+  new_params, new_state = jax.jit(_train_step(opt))(params, committed, grads)
+  assert int(new_state.count) == 1 and new_params["w"].sharding.device_set == {device}
+
+
 # ---------------------------------------------------------------------------------------------
 # The compiled update moves no data between devices.
 
