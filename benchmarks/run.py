@@ -12,7 +12,7 @@ number of leaves, one process measures, interleaved and repeated, the seconds pe
 then compile times against Optax's, state bytes and peak memory. Ratios are medians over
 rounds of ratios taken within a round. Usage::
 
-    python benchmarks/run.py                      # the full suite (a few minutes)
+    python benchmarks/run.py                      # the full suite (about 26 minutes on 2 cores)
     python benchmarks/run.py --configs plain --sizes 1e6 1e7 --leaves 1
     python benchmarks/run.py --quick --out /tmp/b  # seconds: what the smoke test runs
 

@@ -11,6 +11,7 @@ Everything that touches JAX is written for strict dtype promotion and no rank pr
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
@@ -440,9 +441,17 @@ def scale_change_gradients(
 
 
 def rms_trace(grads: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-  """`scale_by_rms(**kwargs)` fed `grads` (time first): its steps g / sqrt(v) and its averages v."""
+  """`scale_by_rms(**kwargs)` fed `grads` (time first): its steps g / sqrt(v) and the averages v
+  they divide by: the state's `nu`, divided by 1 - decay**t where `bias_correction` is on."""
   tx = rmsprop_optax.scale_by_rms(**kwargs)
-  return run_on_gradients(tx, jnp.asarray(grads), record=lambda u, state: (u, state.nu))
+  if not kwargs.get("bias_correction"):
+    return run_on_gradients(tx, jnp.asarray(grads), record=lambda u, state: (u, state.nu))
+  steps, nu, count = run_on_gradients(tx, jnp.asarray(grads), record=lambda u, state: (u, state.nu, state.count))
+  decay = kwargs.get("decay", inspect.signature(rmsprop_optax.scale_by_rms).parameters["decay"].default)
+  t = count.astype(np.float64)
+  rho = decay(t - 1) if callable(decay) else decay  # a schedule sees the count before the update
+  correction = 1.0 - np.asarray(rho, np.float64) ** t
+  return steps, nu / correction.reshape((-1,) + (1,) * (nu.ndim - 1))
 
 
 def adaptation_steps(trace: np.ndarray, change_at: int, before: float, after: float) -> int:

@@ -71,9 +71,10 @@ def round_stochastic(x: jax.Array, dtype: Any, key: jax.Array) -> jax.Array:
   A value between two neighbours ``lo < x < hi`` of `dtype` becomes ``hi`` with probability
   ``(x - lo) / (hi - lo)`` and ``lo`` otherwise; values `dtype` holds exactly come back
   unchanged. Subnormals of `dtype` are neighbours like any other. The probability is resolved
-  to 2**-16 for float32 into bfloat16 and 2**-24 otherwise: exact for float32 inputs (which
-  carry at most 16 bits beyond bfloat16 or 13 beyond float16), a bias under 2**-24 of a gap
-  for float64 inputs.
+  to 2**-16 for float32 into bfloat16 and 2**-24 otherwise: exact for float32 inputs into
+  bfloat16 (which carry at most 16 bits beyond it) and into float16's normal range (13 bits
+  beyond it); a bias under 2**-24 of a gap for float32 inputs below that range and for
+  float64 inputs.
 
   Corners:
 

@@ -200,8 +200,9 @@ def _precondition(
   """The gradient over the root of its second moment, read from the buffers as stored.
 
   The step reads each buffer as stored. With float32 state this changes nothing; with a
-  narrower one it costs at most half an ulp of the stored dtype, and it lets XLA read the
-  freshly written buffer instead of keeping a copy of the old one to recompute from.
+  narrower one it costs at most half an ulp of the stored dtype (one ulp with stochastic
+  rounding), and it lets XLA read the freshly written buffer instead of keeping a copy of
+  the old one to recompute from.
   """
   cdt = g.dtype
   nu_hat = _cast(nu_stored, rdt)

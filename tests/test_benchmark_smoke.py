@@ -54,3 +54,12 @@ def test_blocking_experiment_runs_and_computes_the_plain_step(run_module):
   # main() checks that both chunked steps give the plain step's parameters and average.
   medians = blocking.main(["--size", "8192", "--chunk", "1024", "--rounds", "1"])
   assert set(medians) == {"plain", "scan", "fori_loop"} and all(s > 0 for s in medians.values())
+
+
+def test_rounding_experiment_times_every_state_in_place(run_module):
+  import rounding
+
+  # main() raises unless each step updated its buffers in place (donation took effect).
+  results = rounding.main(["--size", "4096", "--rounds", "1", "--sample-seconds", "0.001"])
+  assert set(results) == {"float32", "bfloat16, nearest", "bfloat16, stochastic"}
+  assert all(r["seconds"] > 0 and r["vs_float32"] > 0 for r in results.values())
