@@ -30,7 +30,7 @@ def rmsprop(
     momentum_dtype: Any = None,
     stochastic_rounding: bool = False,
     seed: int = 0,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""RMSProp: gradient steps divided by the root of a leaky average of squared gradients.
 
   Each coordinate gets its own step size from :math:`v`, an exponentially weighted average
@@ -102,7 +102,8 @@ def rmsprop(
       same inputs always give the same result.
 
   Returns:
-    An `optax.GradientTransformation` whose state is an `RMSPropState`.
+    An `optax.GradientTransformationExtraArgs` (its update accepts and ignores extra keyword
+    arguments, as Optax's optimizers do) whose state is an `RMSPropState`.
 
   Raises:
     ValueError: a concrete hyperparameter is out of range or not a scalar, or ``nesterov``
@@ -139,7 +140,7 @@ def rmsprop(
 def make(
     fn: str, arg_names: dict, learning_rate: Any, decay: Any, eps: Any, *,
     weight_decay: Any = None, **flags: Any,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """`rmsprop` as called by `fn`, whose errors name arguments by `arg_names` (ours -> theirs).
 
   Flags not given take `rmsprop`'s defaults.

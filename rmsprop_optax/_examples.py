@@ -446,7 +446,8 @@ def rms_trace(grads: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]
   tx = rmsprop_optax.scale_by_rms(**kwargs)
   if not kwargs.get("bias_correction"):
     return run_on_gradients(tx, jnp.asarray(grads), record=lambda u, state: (u, state.nu))
-  steps, nu, count = run_on_gradients(tx, jnp.asarray(grads), record=lambda u, state: (u, state.nu, state.count))
+  record = lambda u, state: (u, state.nu, state.count)  # noqa: E731
+  steps, nu, count = run_on_gradients(tx, jnp.asarray(grads), record=record)
   decay = kwargs.get("decay", inspect.signature(rmsprop_optax.scale_by_rms).parameters["decay"].default)
   t = count.astype(np.float64)
   rho = decay(t - 1) if callable(decay) else decay  # a schedule sees the count before the update

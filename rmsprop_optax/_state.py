@@ -24,13 +24,16 @@ class RMSPropState(NamedTuple):
       never see a negative step.
     nu: leaky average of squared gradient magnitudes, one real leaf per parameter.
     mu: leaky average of gradients (``centered=True`` only, else None).
-    momentum: momentum buffer (``momentum`` set, else None).
+    trace: momentum buffer (``momentum`` set, else None), named as in Optax's `optax.trace`
+      and distinct from the ``momentum`` coefficient, so that
+      ``optax.tree_utils.tree_set(state, momentum=...)`` under `optax.inject_hyperparams`
+      changes the coefficient and leaves the buffer alone.
   """
 
   count: jax.Array | None
   nu: Any
   mu: Any
-  momentum: Any
+  trace: Any
 
 
 def filled_like(x: jax.Array, value: float, dtype: Any) -> jax.Array:

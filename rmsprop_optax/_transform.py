@@ -52,13 +52,7 @@ def _at(config: _Config, arg: str, count: jax.Array | None) -> Any:
   if not callable(value):
     return value
   value = value(count)
-  if np.ndim(value) != 0:
-    name = config.arg_names.get(arg, arg)
-    raise ValueError(
-        f"{config.fn}: the schedule given as `{name}` returned an array of shape "
-        f"{np.shape(value)}, but a hyperparameter must be a scalar at every step. Make the "
-        "schedule return one number (such as an Optax schedule does)."
-    )
+  _validation.check_schedule_output(config.fn, config.arg_names.get(arg, arg), value)
   return value
 
 
@@ -123,8 +117,9 @@ def _abs_sq(x: jax.Array) -> jax.Array:
 
 
 def _as_array(x: Any) -> Any:
-  """`x`, or a Python number as a JAX array of JAX's default dtype for it."""
-  return x if hasattr(x, "dtype") else jnp.asarray(x)
+  """`x` as a JAX array: Python numbers and NumPy arrays take the dtype JAX gives them (a
+  NumPy float64 becomes float32 unless `jax_enable_x64` is on, as `jnp.asarray` does it)."""
+  return x if isinstance(x, (jax.Array, jax.core.Tracer)) else jnp.asarray(x)
 
 
 def _cast(x: jax.Array, dtype: Any) -> jax.Array:
@@ -256,7 +251,7 @@ def _for_recomputing(buffers: list) -> list:
   return lax.platform_dependent(buffers, cpu=lax.optimization_barrier, default=lambda same: same)
 
 
-def build(config: _Config) -> optax.GradientTransformation:
+def build(config: _Config) -> optax.GradientTransformationExtraArgs:
   """The transformation for a validated configuration."""
   use_momentum = config.momentum is not None
   use_weight_decay = config.weight_decay is not None
@@ -276,14 +271,19 @@ def build(config: _Config) -> optax.GradientTransformation:
         count=zero_count(params) if keep_count else None,
         nu=buffers(config.initial_scale, config.nu_dtype, True),
         mu=buffers(0.0, config.nu_dtype, False) if config.centered else None,
-        momentum=buffers(0.0, config.momentum_dtype, False) if use_momentum else None,
+        trace=buffers(0.0, config.momentum_dtype, False) if use_momentum else None,
     )
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args  # accepted, as by Optax's own optimizers (a loss value, say), and unused
+    _validation.check_state(
+        config.fn, state, RMSPropState,
+        {"count": keep_count, "mu": config.centered, "trace": use_momentum},
+    )
     _validation.check_update_inputs(
         config.fn, updates, state.nu, params,
         "weight_decay" if use_weight_decay else None,
-        state.momentum if use_momentum else state.mu,
+        state.trace if use_momentum else state.mu,
     )
     count = state.count
     new_count = increment(count) if keep_count else None
@@ -313,8 +313,8 @@ def build(config: _Config) -> optax.GradientTransformation:
     grads = [_as_array(g) for g in treedef.flatten_up_to(updates)]
     nus = treedef.flatten_up_to(state.nu)
     mus = treedef.flatten_up_to(state.mu) if config.centered else [None] * len(grads)
-    bufs = treedef.flatten_up_to(state.momentum) if use_momentum else [None] * len(grads)
-    ps = treedef.flatten_up_to(params) if use_weight_decay else [None] * len(grads)
+    bufs = treedef.flatten_up_to(state.trace) if use_momentum else [None] * len(grads)
+    ps = [_as_array(p) for p in treedef.flatten_up_to(params)] if use_weight_decay else [None] * len(grads)
     masks = (
         _leaf_mask(config.fn, config.weight_decay_mask, updates, params) if use_weight_decay else [True] * len(grads)
     )
@@ -412,17 +412,28 @@ def build(config: _Config) -> optax.GradientTransformation:
         count=new_count,
         nu=unflatten(out_nu),
         mu=unflatten(out_mu) if config.centered else None,
-        momentum=unflatten(out_mom) if use_momentum else None,
+        trace=unflatten(out_mom) if use_momentum else None,
     )
     return unflatten(out_updates), new_state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# The options that choose what the update computes, and the numbers it computes with.
+_FLAGS = ("eps_in_sqrt", "centered", "nesterov", "lr_in_momentum", "bias_correction",
+          "decoupled_weight_decay", "maximize", "stochastic_rounding")
+_NUMBERS = ("learning_rate", "decay", "eps", "initial_scale", "momentum", "weight_decay")
 
 
 def validate(config: _Config) -> _Config:
   """Checks a configuration's concrete numbers and flags; returns it with dtypes resolved."""
   fn = config.fn
   name = lambda arg: config.arg_names.get(arg, arg)  # noqa: E731
+  for flag in _FLAGS:
+    _validation.check_flag(fn, name(flag), getattr(config, flag))
+  config = config._replace(**{
+      arg: _validation.real_part(fn, name(arg), getattr(config, arg)) for arg in _NUMBERS
+  })
   # None means no learning rate (scale_by_rms), no momentum or no weight decay.
   optional = {"learning_rate": config.learning_rate, "momentum": config.momentum,
               "weight_decay": config.weight_decay}
@@ -468,7 +479,7 @@ def scale_by_rms(
     nu_dtype: Any = None,
     stochastic_rounding: bool = False,
     seed: int = 0,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Divides each gradient coordinate by the root of a leaky average of its squares.
 
   The preconditioner of RMSProp, without learning rate, momentum or sign flip, for building
@@ -501,7 +512,8 @@ def scale_by_rms(
     seed: seed of the stochastic rounding's random bits (combined with the step count).
 
   Returns:
-    An `optax.GradientTransformation` whose state is an `RMSPropState`.
+    An `optax.GradientTransformationExtraArgs` (its update accepts and ignores extra keyword
+    arguments, as Optax's optimizers do) whose state is an `RMSPropState`.
 
   Example:
     >>> import jax.numpy as jnp, optax

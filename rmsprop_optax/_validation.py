@@ -50,8 +50,10 @@ def check_number(fn: str, name: str, value: Any, *, schedulable: bool = True) ->
   if schedulable and callable(value):
     return
   is_array = isinstance(value, (jax.Array, np.ndarray, np.generic, jax.core.Tracer))
+  # Complex arrays too: optax.inject_hyperparams casts hyperparameters to the params' widest
+  # dtype, complex for complex params. `real_part` checks and drops the imaginary part.
   numeric = is_array and (
-      jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+      jnp.issubdtype(value.dtype, jnp.inexact) or jnp.issubdtype(value.dtype, jnp.integer)
   )
   number = isinstance(value, (int, float)) and not isinstance(value, bool)
   allowed = "a number, a scalar array or a schedule (a callable of the step count)"
@@ -68,6 +70,62 @@ def check_number(fn: str, name: str, value: Any, *, schedulable: bool = True) ->
         f"value applies to every coordinate; pass a number such as {_EXAMPLES.get(name, '0.1')}, "
         "or use optax.masked or optax.multi_transform to give leaves different values."
     )
+
+
+def real_part(fn: str, name: str, value: Any) -> Any:
+  """`value`, with a complex scalar array replaced by its real part (checked to be all of it
+  where concrete): the value optax.inject_hyperparams meant before casting it to complex."""
+  if callable(value) or not jnp.issubdtype(getattr(value, "dtype", np.float32), jnp.complexfloating):
+    return value
+  if not isinstance(value, jax.core.Tracer) and np.ndim(value) == 0 and np.imag(np.asarray(value)) != 0:
+    raise ValueError(
+        f"{fn}: `{name}` must be real, but got {name}={value!r}, with a nonzero imaginary "
+        f"part. Pass a real number such as {_EXAMPLES.get(name, '0.1')}."
+    )
+  return jnp.real(value)
+
+
+def check_schedule_output(fn: str, name: str, value: Any) -> None:
+  """Checks that a schedule's value at one step is a real scalar (traced or not)."""
+  is_array = isinstance(value, (jax.Array, np.ndarray, np.generic, jax.core.Tracer))
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return
+  real = is_array and (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer))
+  if real:
+    if np.ndim(value) == 0:
+      return
+    raise ValueError(
+        f"{fn}: the schedule given as `{name}` returned an array of shape {np.shape(value)}, "
+        "but a hyperparameter must be a scalar at every step. Make the schedule return one "
+        "number (such as an Optax schedule does)."
+    )
+  raise TypeError(
+      f"{fn}: the schedule given as `{name}` returned {value!r} (of type "
+      f"{type(value).__name__}), but a schedule must return a real number at every step. "
+      "Check that the function ends with a `return` of its value, as an Optax schedule does."
+  )
+
+
+def check_flag(fn: str, name: str, value: Any) -> None:
+  """Checks that a structural option is a Python (or NumPy) bool: it chooses what is computed."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(
+        f"{fn}: `{name}` must be True or False, but got {name}={value!r} (of type "
+        f"{type(value).__name__}). It selects what the update computes, so it cannot be a "
+        f"string, a number or an array: pass {name}=True or {name}=False."
+    )
+
+
+def _narrow_hint(value: Any) -> str:
+  """For a half-precision array: how its value may have been rounded, and the fix."""
+  dtype = getattr(value, "dtype", None)
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits > 16:
+    return ""
+  return (
+      f" The value arrived as a {np.dtype(dtype).name} array, which keeps only a few "
+      "significant digits (bfloat16 rounds 0.999 to 1): optax.inject_hyperparams casts "
+      "hyperparameters to the params' dtype unless given hyperparam_dtype=jnp.float32."
+  )
 
 
 # An example value per argument, in the caller's names too, for the messages above.
@@ -87,6 +145,7 @@ def check_unit_interval(fn: str, name: str, value: Any, meaning: str) -> None:
     raise ValueError(
         f"{fn}: `{name}` must be in [0, 1) ({meaning}), but got {name}={_describe(value)}. "
         f"Pass a value such as 0.9 or 0.99; values near 1 give a longer memory."
+        + _narrow_hint(value)
     )
 
 
@@ -158,6 +217,44 @@ def check_init_params(fn: str, params: Any) -> None:
           "Cast it to a floating dtype, or leave it out of the optimizer with "
           "optax.masked or optax.multi_transform (or set it to None)."
       )
+
+
+# What each optional field of the state holds, for the message below.
+_FIELDS = {
+    "count": ("a step count", "a schedule, bias_correction or stochastic_rounding"),
+    "mu": ("an average of gradients", "centered=True"),
+    "trace": ("a momentum buffer", "a momentum"),
+}
+
+
+def check_state(fn: str, state: Any, state_type: type, expected: dict[str, bool]) -> None:
+  """Checks that `state` is a `state_type` whose optional fields are present exactly where
+  `expected` says this configuration keeps them: a state from another configuration (a
+  checkpoint of an earlier run, say) would otherwise fail deep inside the update, or lose a
+  buffer without a word."""
+  if not isinstance(state, state_type):
+    raise TypeError(
+        f"{fn}.update: the state must be the {state_type.__name__} returned by this "
+        f"optimizer's init, but got a {type(state).__name__}. Pass the state that init (or the "
+        "previous update) returned; restore a checkpoint with that state as its target, so "
+        "that it comes back as the same type."
+    )
+  for field, keeps in expected.items():
+    held = getattr(state, field) is not None
+    if held == keeps:
+      continue
+    what, option = _FIELDS[field]
+    if keeps:
+      problem = f"this optimizer, configured with {option}, needs {what} (`{field}`), which "
+      problem += "the state lacks"
+    else:
+      problem = f"the state holds {what} (`{field}`), which this optimizer, configured "
+      problem += f"without {option}, does not keep"
+    raise ValueError(
+        f"{fn}.update: the state was made by a differently configured optimizer: {problem}. "
+        "Call init of this optimizer for a fresh state, or build the optimizer with the "
+        "options of the one that made the state."
+    )
 
 
 def check_update_inputs(

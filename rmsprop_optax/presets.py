@@ -2,8 +2,8 @@
 
 Each preset takes the framework's argument names and defaults, accepts a schedule (a callable
 of the step count, 0 on the first update) wherever it takes a learning rate, and returns an
-`optax.GradientTransformation` whose trajectory matches the framework's optimizer. The
-equations behind each one are in the README's framework table.
+`optax.GradientTransformationExtraArgs` whose trajectory matches the framework's optimizer.
+The equations behind each one are in the README's framework table.
 
 Where a framework decides structure from a number (PyTorch and Keras keep no momentum
 buffer when momentum is 0), so do the presets, but only for Python numbers: an array, such
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from rmsprop_optax._alias import make
+from rmsprop_optax._state import RMSPropState
 from rmsprop_optax._transform import ScalarOrSchedule
 from rmsprop_optax._validation import is_static_zero
 
@@ -34,7 +35,9 @@ def _momentum_or_none(momentum: Any) -> Any:
   return None if is_static_zero(momentum) else momentum
 
 
-def _complex_as_real(inner: _optax.GradientTransformation) -> _optax.GradientTransformation:
+def _complex_as_real(
+    inner: _optax.GradientTransformationExtraArgs,
+) -> _optax.GradientTransformationExtraArgs:
   """Runs `inner` on complex leaves viewed as pairs of reals (PyTorch's `view_as_real`).
 
   PyTorch keeps a separate average of squares for the real and the imaginary part of each
@@ -56,13 +59,39 @@ def _complex_as_real(inner: _optax.GradientTransformation) -> _optax.GradientTra
   def init_fn(params):
     return inner.init(to_real(params))
 
-  def update_fn(updates, state, params=None):
+  def check_kinds(updates, state):
+    """A gradient of the wrong kind or shape for a complex parameter, named in the caller's
+    terms: the state's (..., 2) view would otherwise surface as a puzzling shape mismatch."""
+    if not isinstance(state, RMSPropState) or jax.tree.structure(updates) != jax.tree.structure(state.nu):
+      return  # the inner update explains these
+    paths = jax.tree_util.tree_flatten_with_path(updates)[0]
+    for (path, g), nu in zip(paths, jax.tree.leaves(state.nu)):
+      where = jax.tree_util.keystr(path) or "<root>"
+      shape, kept = tuple(jnp.shape(g)), tuple(nu.shape)
+      if not jnp.iscomplexobj(g) and kept == shape + (2,):
+        raise TypeError(
+            f"presets.pytorch.update: the gradient at {where} is real with shape {shape}, but "
+            f"the state for that leaf was made for a complex parameter of shape {shape} (kept, "
+            f"as PyTorch does, as pairs of reals), or a real one of shape {kept}. Pass gradients "
+            "of the parameters' own kind (jax.grad of a complex parameter is complex), or re-run "
+            "init on the parameters you optimize."
+        )
+      if jnp.iscomplexobj(g) and kept != shape + (2,):
+        raise ValueError(
+            f"presets.pytorch.update: the gradient at {where} is complex with shape {shape}, but "
+            f"the state for that leaf has shape {kept}, not the {shape + (2,)} of a complex "
+            "parameter of that shape kept as pairs of reals. The gradients must have the "
+            "shapes and kinds of the params given to init; re-run init if the model changed."
+        )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    check_kinds(updates, state)
     real_updates, state = inner.update(
-        to_real(updates), state, None if params is None else to_real(params)
+        to_real(updates), state, None if params is None else to_real(params), **extra_args
     )
     return to_complex(real_updates, updates), state
 
-  return _optax.GradientTransformation(init_fn, update_fn)
+  return _optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def pytorch(
@@ -73,7 +102,7 @@ def pytorch(
     momentum: ScalarOrSchedule = 0,
     centered: bool = False,
     maximize: bool = False,
-) -> _optax.GradientTransformation:
+) -> _optax.GradientTransformationExtraArgs:
   r"""`torch.optim.RMSprop`: eps outside the root, learning rate outside the momentum buffer.
 
   .. math::
@@ -102,7 +131,7 @@ def keras(
     epsilon: ScalarOrSchedule = 1e-7,
     centered: bool = False,
     weight_decay: ScalarOrSchedule | None = None,
-) -> _optax.GradientTransformation:
+) -> _optax.GradientTransformationExtraArgs:
   r"""Keras 3 `keras.optimizers.RMSprop`: eps inside the root, learning rate inside momentum.
 
   .. math::
@@ -127,7 +156,7 @@ def tf1(
     momentum: ScalarOrSchedule = 0.0,
     epsilon: ScalarOrSchedule = 1e-10,
     centered: bool = False,
-) -> _optax.GradientTransformation:
+) -> _optax.GradientTransformationExtraArgs:
   r"""TensorFlow 1 `tf.compat.v1.train.RMSPropOptimizer`: the average of squares starts at 1.
 
   .. math::
@@ -154,7 +183,7 @@ def optax(
     momentum: ScalarOrSchedule | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
-) -> _optax.GradientTransformation:
+) -> _optax.GradientTransformationExtraArgs:
   r"""`optax.rmsprop`: its chain (rms or stddev, scale by -lr, trace) as one transformation.
 
   .. math::
@@ -184,7 +213,7 @@ def timm_tf(
     centered: bool = False,
     decoupled_decay: bool = False,
     lr_in_momentum: bool = True,
-) -> _optax.GradientTransformation:
+) -> _optax.GradientTransformationExtraArgs:
   r"""timm's `RMSpropTF`: TF1's equations (:math:`v_0 = 1`, eps inside) in PyTorch.
 
   Weight decay is coupled (:math:`g \leftarrow g + \lambda p`) or, with ``decoupled_decay``,

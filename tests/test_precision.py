@@ -96,7 +96,7 @@ def test_state_dtypes_never_change_and_updates_come_back_in_the_gradient_dtype(s
       assert updates[name].dtype == jnp.dtype(dtype), name
       assert state.nu[name].dtype == expected_state, name
       assert state.mu[name].dtype == expected_state, name
-      assert state.momentum[name].dtype == expected_state, name
+      assert state.trace[name].dtype == expected_state, name
       assert np.all(np.isfinite(np.asarray(updates[name], np.float32)))
 
 
@@ -105,7 +105,7 @@ def test_updates_follow_a_bfloat16_gradient_even_with_float32_params_and_state()
   params = jnp.ones(5, jnp.float32)
   updates, state = opt.update(jnp.full(5, 0.5, jnp.bfloat16), opt.init(params), params)
   assert updates.dtype == BF16
-  assert state.nu.dtype == F32 and state.momentum.dtype == F32
+  assert state.nu.dtype == F32 and state.trace.dtype == F32
 
 
 def test_bfloat16_state_steps_with_the_average_as_stored():
@@ -340,7 +340,7 @@ def test_bfloat16_momentum_buffer_tracks_float32_only_with_stochastic_rounding(s
 
     return jax.lax.scan(body, opt.init(jnp.zeros(COORDS, jnp.float32)), None, length=steps)[0]
 
-  buffer = np.asarray(run().momentum, np.float64)
+  buffer = np.asarray(run().trace, np.float64)
   expected = lr * (1 - mu**steps) / (1 - mu)  # with decay 0 and eps 0, u = g / |g| = 1
   rel = buffer / expected - 1
   if stochastic:

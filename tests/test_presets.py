@@ -196,5 +196,5 @@ def test_timm_tf_preset_matches_rmsproptf_equations(kwargs):
 def test_presets_keep_no_momentum_buffer_when_momentum_is_zero():
   params = {"w": jnp.ones(3, jnp.float32)}
   for opt in (presets.pytorch(), presets.keras(), presets.tf1(0.1), presets.timm_tf()):
-    assert opt.init(params).momentum is None
-  assert presets.pytorch(momentum=0.9).init(params).momentum["w"].shape == (3,)
+    assert opt.init(params).trace is None
+  assert presets.pytorch(momentum=0.9).init(params).trace["w"].shape == (3,)

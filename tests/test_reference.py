@@ -140,7 +140,7 @@ def test_complex_parameters_track_the_reference_with_one_average_of_magnitudes()
       problem,
   )
   state = ours.init([jnp.asarray(p) for p in problem.params()])
-  assert state.nu[0].dtype == jnp.float32 and state.momentum[0].dtype == jnp.complex64
+  assert state.nu[0].dtype == jnp.float32 and state.trace[0].dtype == jnp.complex64
   helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS, use_jit=True), expected)
 
 

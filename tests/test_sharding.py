@@ -95,7 +95,7 @@ def _assert_same_layout(leaf, param, what):
 
 def _state_fields(state):
   """(field name, tree) for every field of an RMSPropState that holds per-parameter leaves."""
-  return [(f, getattr(state, f)) for f in ("nu", "mu", "momentum") if getattr(state, f) is not None]
+  return [(f, getattr(state, f)) for f in ("nu", "mu", "trace") if getattr(state, f) is not None]
 
 
 # A configuration whose state has all three buffers, in two dtypes, with a non-zero first value.
@@ -117,9 +117,9 @@ def test_every_state_leaf_has_its_parameters_sharding_after_init(layout, init_mo
 
   assert isinstance(state, RMSPropState)
   # nu_dtype stores both averages (nu and mu); the momentum buffer keeps float32.
-  expected_fill = {"nu": (1.0, jnp.bfloat16), "mu": (0.0, jnp.bfloat16), "momentum": (0.0, jnp.float32)}
+  expected_fill = {"nu": (1.0, jnp.bfloat16), "mu": (0.0, jnp.bfloat16), "trace": (0.0, jnp.float32)}
   fields = _state_fields(state)
-  assert [f for f, _ in fields] == ["nu", "mu", "momentum"]
+  assert [f for f, _ in fields] == ["nu", "mu", "trace"]
   for field, tree in fields:
     assert jax.tree.structure(tree) == jax.tree.structure(params)
     value, dtype = expected_fill[field]
@@ -397,18 +397,18 @@ def test_eval_shape_plans_a_ten_billion_parameter_state(axis_type):
 
   assert state.count is None
   # bf16 params: nu and mu at least float32; momentum as asked.
-  for field, dtype in [("nu", jnp.float32), ("mu", jnp.float32), ("momentum", jnp.bfloat16)]:
+  for field, dtype in [("nu", jnp.float32), ("mu", jnp.float32), ("trace", jnp.bfloat16)]:
     tree = getattr(state, field)
     assert jax.tree.structure(tree) == jax.tree.structure(params)
     for leaf, param in zip(jax.tree.leaves(tree), jax.tree.leaves(params)):
       assert leaf.shape == param.shape and leaf.dtype == dtype
-  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state.nu, state.mu, state.momentum)))
+  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state.nu, state.mu, state.trace)))
   assert total == _expected_bytes([np.float32, np.float32, jnp.bfloat16], per_device=False) == 10**11
   if axis_type == AxisType.Explicit:
     # Explicit axes carry the layout in the abstract values: per-device bytes follow.
     per_device = sum(
         math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-        for x in jax.tree.leaves((state.nu, state.mu, state.momentum))
+        for x in jax.tree.leaves((state.nu, state.mu, state.trace))
     )
     assert per_device == _expected_bytes([np.float32, np.float32, jnp.bfloat16], per_device=True)
 

@@ -386,3 +386,46 @@ def test_new_injected_values_take_effect_without_recompiling():
     expected = reference.step(expected, problem.grads(expected, t))
   helpers.assert_close_to_scale(params, expected, rtol=2e-5, what="injected run")
   assert float(state.hyperparams["learning_rate"]) == np.float32(0.003)
+
+
+def test_tree_set_changes_an_injected_momentum_and_leaves_the_buffer_alone():
+  # Optax's way to change an injected number by name. The buffer is named `trace` (as in
+  # Optax), so `momentum` names only the coefficient; a buffer of that name was overwritten.
+  problem = helpers.Quadratic(((3,),), seed=7, steps=6)
+  opt = optax.inject_hyperparams(rmsprop)(learning_rate=0.01, momentum=0.5)
+  cfg = helpers.RefConfig(lambda t: 0.01, momentum=0.5)
+  reference = helpers.ReferenceRMSProp(cfg, problem.params())
+  params = [jnp.asarray(p) for p in problem.params()]
+  state, expected = opt.init(params), problem.params()
+  for t in range(problem.steps):
+    if t == 3:
+      buffer = state.inner_state.trace
+      state = optax.tree_utils.tree_set(state, momentum=jnp.float32(0.9))
+      cfg.momentum = 0.9
+      assert float(optax.tree_utils.tree_get(state, "momentum")) == np.float32(0.9)
+      chex.assert_trees_all_equal(state.inner_state.trace, buffer)
+    params, state = _apply(opt, params, state, [jnp.asarray(g) for g in problem.grads(params, t)])
+    expected = reference.step(expected, problem.grads(expected, t))
+  helpers.assert_close_to_scale(params, expected, rtol=2e-5, what="momentum changed by tree_set")
+
+
+def test_complex_params_under_inject_hyperparams():
+  # inject_hyperparams casts the numbers to the params' widest dtype, complex here: their
+  # real part is the value meant. Compared with the float64 reference on complex leaves.
+  rng = np.random.default_rng(8)
+  params = [rng.standard_normal(3) + 1j * rng.standard_normal(3), rng.standard_normal(2)]
+  params = [params[0].astype(np.complex64), params[1].astype(np.float32)]
+  opt = optax.inject_hyperparams(rmsprop)(learning_rate=0.05, decay=0.9, momentum=0.5, weight_decay=0.1)
+  reference = helpers.ReferenceRMSProp(
+      helpers.RefConfig(lambda t: 0.05, decay=0.9, momentum=0.5, weight_decay=0.1), params
+  )
+  ours, expected = [jnp.asarray(p) for p in params], params
+  with helpers.standard_promotion():  # optax finds the widest dtype by promoting complex with real
+    state = opt.init(ours)
+    assert state.hyperparams["decay"].dtype == jnp.complex64
+    for t in range(4):
+      grads = [(p * (1 + t)).astype(p.dtype) for p in params]
+      ours, state = jax.jit(lambda p, s, g: _apply(opt, p, s, g))(ours, state, [jnp.asarray(g) for g in grads])
+      expected = reference.step(expected, grads)
+  assert state.inner_state.nu[0].dtype == jnp.float32 and ours[0].dtype == jnp.complex64
+  helpers.assert_close_to_scale(ours, expected, rtol=2e-5, what="complex params, injected numbers")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -276,3 +277,98 @@ def test_python_numbers_work_as_leaves_as_in_optax():
     for key in params:
       np.testing.assert_allclose(updates[key], expected[key], rtol=1e-6)
   assert updates["a"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_python_number_leaves_work_with_weight_decay(decoupled):
+  # Against Optax's own decayed-weights chain (coupled) and the equations (decoupled).
+  params, grads = {"a": 1.5, "b": jnp.ones(2, jnp.float32)}, {"a": -0.5, "b": jnp.full(2, 0.25, jnp.float32)}
+  opt = rmsprop(0.1, weight_decay=0.2, decoupled_weight_decay=decoupled)
+  updates, _ = opt.update(grads, opt.init(params), params)
+  for key in params:
+    p, g = np.asarray(params[key], np.float64), np.asarray(grads[key], np.float64)
+    coupled_g = g if decoupled else g + 0.2 * p
+    expected = -0.1 * coupled_g / np.sqrt(0.1 * coupled_g**2 + 1e-8) - (0.1 * 0.2 * p if decoupled else 0.0)
+    np.testing.assert_allclose(updates[key], expected, rtol=1e-6)
+
+
+def test_a_schedule_that_returns_none_is_rejected_not_followed_uphill():
+  # Without the check, a learning-rate schedule missing its `return` gave the bare
+  # preconditioner: steps of +g / sqrt(v), up the loss, with no error.
+  def forgot_return(count):
+    _ = jnp.float32(0.1) * count.astype(jnp.float32)  # computed, but never returned
+
+  params = jnp.ones(3, jnp.float32)
+  for opt, name in [(rmsprop(forgot_return), "learning_rate"), (rmsprop(0.1, decay=forgot_return), "decay"),
+                    (presets.pytorch(lr=forgot_return), "lr")]:
+    with pytest.raises(TypeError, match=rf"the schedule given as `{name}` returned None.*ends with a `return`"):
+      opt.update(params, opt.init(params), params)
+
+
+@pytest.mark.parametrize("flag", ["centered", "nesterov", "bias_correction", "maximize", "eps_in_sqrt"])
+def test_structural_options_must_be_booleans(flag):
+  with pytest.raises(TypeError, match=rf"`{flag}` must be True or False, but got {flag}='yes'"):
+    rmsprop(0.1, momentum=0.9, **{flag: "yes"})
+  with pytest.raises(TypeError, match=r"`centered` must be True or False, but got centered=1 \(of type int\)"):
+    presets.pytorch(centered=1)
+
+
+@pytest.mark.parametrize(
+    "made_by,used_with,missing",
+    [
+        (dict(), dict(momentum=0.9), "needs a momentum buffer (`trace`), which the state lacks"),
+        (dict(), dict(centered=True), "needs an average of gradients (`mu`), which the state lacks"),
+        (dict(), dict(bias_correction=True), "needs a step count (`count`), which the state lacks"),
+        (dict(momentum=0.9), dict(), "the state holds a momentum buffer (`trace`)"),
+        (dict(centered=True), dict(), "the state holds an average of gradients (`mu`)"),
+    ],
+)
+def test_a_state_from_another_configuration_is_named_not_misread(made_by, used_with, missing):
+  # A checkpoint of a run with other options used to fail deep inside the update, or to drop
+  # a buffer without a word.
+  params = {"w": jnp.ones(3, jnp.float32)}
+  state = rmsprop(0.1, **made_by).init(params)
+  with pytest.raises(ValueError, match=r"rmsprop.update: the state was made by a differently configured optimizer: .*" + re.escape(missing)):
+    rmsprop(0.1, **used_with).update(params, state, params)
+
+
+def test_a_state_of_another_type_is_rejected_with_the_fix():
+  params = {"w": jnp.ones(3, jnp.float32)}
+  opt = rmsprop(0.1)
+  for wrong in [(opt.init(params),), opt.init(params)._asdict()]:
+    with pytest.raises(TypeError, match=r"the state must be the RMSPropState returned by this optimizer's init, but got a (tuple|dict)"):
+      opt.update(params, wrong, params)
+
+
+def test_a_decay_rounded_to_one_by_a_half_precision_injection_names_the_fix():
+  params = jnp.ones(3, jnp.bfloat16)
+  opt = optax.inject_hyperparams(rmsprop)(learning_rate=0.1, decay=0.999)  # bfloat16(0.999) == 1
+  with pytest.raises(ValueError, match=r"`decay` must be in \[0, 1\).*arrived as a bfloat16 array.*hyperparam_dtype=jnp.float32"):
+    opt.update(params, opt.init(params), params)
+  fixed = optax.inject_hyperparams(rmsprop, hyperparam_dtype=jnp.float32)(learning_rate=0.1, decay=0.999)
+  fixed.update(params, fixed.init(params), params)
+
+
+def test_a_complex_hyperparameter_must_be_real():
+  with pytest.raises(ValueError, match=r"`decay` must be real, but got decay=.*nonzero imaginary part"):
+    rmsprop(0.1, decay=np.complex64(0.9 + 0.1j))
+
+
+def test_numpy_float64_inputs_without_x64_convert_silently_as_jnp_asarray_does():
+  params, grads = {"w": np.ones(3)}, {"w": np.full(3, 0.1)}
+  opt = rmsprop(0.1, momentum=0.9, weight_decay=0.1)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    updates, state = opt.update(grads, opt.init(params), params)
+  assert updates["w"].dtype == jnp.float32 and state.trace["w"].dtype == jnp.float32
+
+
+def test_pytorch_preset_names_complex_leaves_in_the_callers_terms():
+  # The preset keeps a complex leaf as (..., 2) reals, as PyTorch does; errors must not leak that view.
+  params = {"w": jnp.ones(3, jnp.complex64)}
+  opt = presets.pytorch(momentum=0.9)
+  state = opt.init(params)
+  with pytest.raises(TypeError, match=re.escape("presets.pytorch.update: the gradient at ['w'] is real with shape (3,), but the state for that leaf was made for a complex parameter of shape (3,)")):
+    opt.update({"w": jnp.ones(3, jnp.float32)}, state, params)
+  with pytest.raises(ValueError, match=re.escape("presets.pytorch.update: the gradient at ['w'] is complex with shape (4,), but the state for that leaf has shape (3, 2)")):
+    opt.update({"w": jnp.ones(4, jnp.complex64)}, state, params)

@@ -354,3 +354,35 @@ def test_params_trees_of_every_kind(kind):
   assert jax.tree.structure(updates) == treedef
   assert type(params) is kind_type
   helpers.assert_close_to_scale(jax.tree.leaves(params), expected, rtol=1e-5, what=kind)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "scale_by_rms", "pytorch", "keras", "tf1", "optax", "timm_tf"])
+def test_update_accepts_extra_arguments_as_optax_optimizers_do(name):
+  # optax.rmsprop's update takes keyword arguments meant for other members of a chain (a
+  # loss `value`, say); nnx.Optimizer.update forwards them. Ours accept and ignore them.
+  from rmsprop_optax import presets
+
+  opt = {"rmsprop": lambda: rmsprop(0.1, momentum=0.9), "scale_by_rms": scale_by_rms}.get(
+      name, lambda: getattr(presets, name)(0.1))()
+  assert isinstance(opt, optax.GradientTransformationExtraArgs)
+  params = {"w": jnp.ones(3, jnp.float32), "z": jnp.ones(2, jnp.complex64)}
+  grads = jax.tree.map(lambda p: p * 0.5, params)
+  state = opt.init(params)
+  chex.assert_trees_all_equal(opt.update(grads, state, params, value=1.0), opt.update(grads, state, params))
+
+
+def test_reduce_on_plateau_reads_the_loss_value_through_rmsprop():
+  # The loss reaches the plateau detector behind rmsprop, and the result matches
+  # optax.rmsprop in the same chain.
+  params = jnp.ones(3, jnp.float32)
+  runs = []
+  for inner in (rmsprop(0.1, momentum=0.9), optax.rmsprop(0.1, momentum=0.9)):
+    opt = optax.chain(inner, optax.contrib.reduce_on_plateau(patience=1, factor=0.5, accumulation_size=1))
+    p, state = params, opt.init(params)
+    with helpers.standard_promotion():  # optax mixes Python numbers and float32 arrays
+      for _ in range(6):  # a constant loss: the plateau halves the scale after each patience
+        updates, state = opt.update(jnp.full(3, 0.5, jnp.float32), state, p, value=jnp.float32(1.0))
+        p = optax.apply_updates(p, updates)
+    runs.append((p, float(state[1].scale)))
+  assert runs[0][1] == runs[1][1] < 1.0
+  np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-6)
