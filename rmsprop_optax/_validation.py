@@ -208,8 +208,14 @@ def check_init_params(fn: str, params: Any) -> None:
   """Raises TypeError naming the first leaf of `params` that is not a floating array."""
   for path, leaf in _leaves_with_paths(params):
     dtype = getattr(leaf, "dtype", None)
-    if dtype is None:
+    if dtype is None and isinstance(leaf, (bool, int, float, complex)):
       dtype = np.result_type(leaf)
+    if dtype is None:
+      raise TypeError(
+          f"{fn}.init: the parameter at {path} is a {type(leaf).__name__} ({leaf!r:.60}), but "
+          "every leaf of the params must be an array or a number. Keep other values out of "
+          "the params tree, or set such a leaf to None (a node with no leaves)."
+      )
     if not jnp.issubdtype(dtype, jnp.inexact):
       raise TypeError(
           f"{fn}.init: the parameter at {path} has dtype {np.dtype(dtype).name}, but "

@@ -372,3 +372,8 @@ def test_pytorch_preset_names_complex_leaves_in_the_callers_terms():
     opt.update({"w": jnp.ones(3, jnp.float32)}, state, params)
   with pytest.raises(ValueError, match=re.escape("presets.pytorch.update: the gradient at ['w'] is complex with shape (4,), but the state for that leaf has shape (3, 2)")):
     opt.update({"w": jnp.ones(4, jnp.complex64)}, state, params)
+
+
+def test_init_rejects_leaves_that_are_neither_arrays_nor_numbers_by_path():
+  with pytest.raises(TypeError, match=re.escape("rmsprop.init: the parameter at ['name'] is a str ('dense'), but every leaf of the params must be an array or a number")):
+    rmsprop(0.1).init({"name": "dense", "w": jnp.ones(2, jnp.float32)})
