@@ -11,7 +11,6 @@ Everything that touches JAX is written for strict dtype promotion and no rank pr
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
@@ -440,15 +439,15 @@ def scale_change_gradients(
   return (scale * rng.normal(size=(steps, size))).astype(np.float32)
 
 
-def rms_trace(grads: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-  """`scale_by_rms(**kwargs)` fed `grads` (time first): its steps g / sqrt(v) and the averages v
-  they divide by: the state's `nu`, divided by 1 - decay**t where `bias_correction` is on."""
-  tx = rmsprop_optax.scale_by_rms(**kwargs)
+def rms_trace(grads: np.ndarray, *, decay: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+  """`scale_by_rms(decay, **kwargs)` fed `grads` (time first): its steps g / sqrt(v) and the
+  averages v they divide by: the state's `nu`, divided by 1 - decay**t where `bias_correction`
+  is on."""
+  tx = rmsprop_optax.scale_by_rms(decay, **kwargs)
   if not kwargs.get("bias_correction"):
     return run_on_gradients(tx, jnp.asarray(grads), record=lambda u, state: (u, state.nu))
   record = lambda u, state: (u, state.nu, state.count)  # noqa: E731
   steps, nu, count = run_on_gradients(tx, jnp.asarray(grads), record=record)
-  decay = kwargs.get("decay", inspect.signature(rmsprop_optax.scale_by_rms).parameters["decay"].default)
   t = count.astype(np.float64)
   rho = decay(t - 1) if callable(decay) else decay  # a schedule sees the count before the update
   correction = 1.0 - np.asarray(rho, np.float64) ** t

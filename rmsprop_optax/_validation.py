@@ -30,6 +30,11 @@ def concrete_number(value: Any) -> float | None:
   return None
 
 
+def _is_number(value: Any) -> bool:
+  """A Python int or float (not a bool)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def is_static_zero(value: Any) -> bool:
   """True for a Python number equal to zero.
 
@@ -37,29 +42,30 @@ def is_static_zero(value: Any) -> bool:
   when momentum or weight decay is the number 0. Arrays (an injected hyperparameter) are
   never static: they may change later, so they keep the buffer and the params.
   """
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+  return _is_number(value) and value == 0
 
 
 def _describe(value: Any) -> str:
   return repr(value) if isinstance(value, (int, float)) else f"{value!r}"
 
 
+def _is_real_array(value: Any) -> bool:
+  """An array (concrete or traced, of any shape) of real floating or integer numbers."""
+  if not isinstance(value, (jax.Array, np.ndarray, np.generic, jax.core.Tracer)):
+    return False
+  return jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+
+
 def check_number(fn: str, name: str, value: Any, *, schedulable: bool = True) -> None:
-  """Checks that `value` is a number, a scalar array (traced or not) or, if `schedulable`, a
-  callable of the step count; raises TypeError naming the argument otherwise."""
+  """Checks that `value` is a number, a real scalar array (traced or not) or, if
+  `schedulable`, a callable of the step count; raises naming the argument otherwise."""
   if schedulable and callable(value):
     return
-  is_array = isinstance(value, (jax.Array, np.ndarray, np.generic, jax.core.Tracer))
-  # Complex arrays too: optax.inject_hyperparams casts hyperparameters to the params' widest
-  # dtype, complex for complex params. `real_part` checks and drops the imaginary part.
-  numeric = is_array and (
-      jnp.issubdtype(value.dtype, jnp.inexact) or jnp.issubdtype(value.dtype, jnp.integer)
-  )
-  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  numeric = _is_real_array(value)
   allowed = "a number, a scalar array or a schedule (a callable of the step count)"
   if not schedulable:
     allowed = "a number or a scalar array"
-  if not (number or numeric):
+  if not (_is_number(value) or numeric):
     raise TypeError(
         f"{fn}: `{name}` must be {allowed}, but got {name}={value!r} (of type "
         f"{type(value).__name__}). Pass a number such as {_EXAMPLES.get(name, '0.1')}."
@@ -87,13 +93,9 @@ def real_part(fn: str, name: str, value: Any) -> Any:
 
 def check_schedule_output(fn: str, name: str, value: Any) -> None:
   """Checks that a schedule's value at one step is a real scalar (traced or not)."""
-  is_array = isinstance(value, (jax.Array, np.ndarray, np.generic, jax.core.Tracer))
-  if isinstance(value, (int, float)) and not isinstance(value, bool):
+  if _is_number(value) or (_is_real_array(value) and np.ndim(value) == 0):
     return
-  real = is_array and (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer))
-  if real:
-    if np.ndim(value) == 0:
-      return
+  if _is_real_array(value):
     raise ValueError(
         f"{fn}: the schedule given as `{name}` returned an array of shape {np.shape(value)}, "
         "but a hyperparameter must be a scalar at every step. Make the schedule return one "
@@ -204,6 +206,12 @@ def _leaves_with_paths(tree: Any) -> list[tuple[str, Any]]:
   return [(jax.tree_util.keystr(path) or "<root>", leaf) for path, leaf in leaves]
 
 
+def path_at(tree: Any, index: int) -> str:
+  """The path of `tree`'s leaf number `index`, for a message. Found only when a message needs
+  it: `keystr` on every leaf of a large tree at every trace would cost tracing time."""
+  return _leaves_with_paths(tree)[index][0]
+
+
 def check_init_params(fn: str, params: Any) -> None:
   """Raises TypeError naming the first leaf of `params` that is not a floating array."""
   for path, leaf in _leaves_with_paths(params):
@@ -279,9 +287,8 @@ def check_update_inputs(
         f"Gradients: {update_def}; state (from init): {state_def}. Call init on params with "
         "the same structure as the gradients you pass to update."
     )
-  # Paths are found only for a message: `keystr` on every leaf of a large tree costs tracing.
   grads = jax.tree.leaves(updates)
-  path_of = lambda index: _leaves_with_paths(updates)[index][0]  # noqa: E731
+  path_of = lambda index: path_at(updates, index)  # noqa: E731
   like = jax.tree.leaves(buffers) if buffers is not None else [None] * len(grads)
   for index, (g, n, buffer) in enumerate(zip(grads, jax.tree.leaves(nu), like)):
     dtype = getattr(g, "dtype", None)

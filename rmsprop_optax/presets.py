@@ -24,7 +24,7 @@ import optax
 from rmsprop_optax._alias import make
 from rmsprop_optax._state import RMSPropState
 from rmsprop_optax._transform import ScalarOrSchedule
-from rmsprop_optax._validation import is_static_zero
+from rmsprop_optax._validation import is_static_zero, path_at
 
 __all__ = ["keras", "optax", "pytorch", "tf1", "timm_tf"]
 
@@ -64,13 +64,11 @@ def _complex_as_real(
     terms: the state's (..., 2) view would otherwise surface as a puzzling shape mismatch."""
     if not isinstance(state, RMSPropState) or jax.tree.structure(updates) != jax.tree.structure(state.nu):
       return  # the inner update explains these
-    paths = jax.tree_util.tree_flatten_with_path(updates)[0]
-    for (path, g), nu in zip(paths, jax.tree.leaves(state.nu)):
-      where = jax.tree_util.keystr(path) or "<root>"
+    for index, (g, nu) in enumerate(zip(jax.tree.leaves(updates), jax.tree.leaves(state.nu))):
       shape, kept = tuple(jnp.shape(g)), tuple(nu.shape)
       if not jnp.iscomplexobj(g) and kept == shape + (2,):
         raise TypeError(
-            f"presets.pytorch.update: the gradient at {where} is real with shape {shape}, but "
+            f"presets.pytorch.update: the gradient at {path_at(updates, index)} is real with shape {shape}, but "
             f"the state for that leaf was made for a complex parameter of shape {shape} (kept, "
             f"as PyTorch does, as pairs of reals), or a real one of shape {kept}. Pass gradients "
             "of the parameters' own kind (jax.grad of a complex parameter is complex), or re-run "
@@ -78,7 +76,7 @@ def _complex_as_real(
         )
       if jnp.iscomplexobj(g) and kept != shape + (2,):
         raise ValueError(
-            f"presets.pytorch.update: the gradient at {where} is complex with shape {shape}, but "
+            f"presets.pytorch.update: the gradient at {path_at(updates, index)} is complex with shape {shape}, but "
             f"the state for that leaf has shape {kept}, not the {shape + (2,)} of a complex "
             "parameter of that shape kept as pairs of reals. The gradients must have the "
             "shapes and kinds of the params given to init; re-run init if the model changed."
