@@ -332,26 +332,29 @@ def test_injected_hyperparameters_give_the_non_injected_results(name):
   chex.assert_trees_all_close(params, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("factory,kwargs", [
-    (rmsprop, dict(learning_rate=0.01)),
-    (presets.pytorch, dict(lr=0.01)),
-    (presets.keras, dict(learning_rate=0.01)),
-    (presets.timm_tf, dict(lr=0.01)),
+@pytest.mark.parametrize("factory,kwargs,reference", [
+    (rmsprop, dict(learning_rate=0.01), dict()),
+    (presets.pytorch, dict(lr=0.01), dict(decay=0.99, eps_in_sqrt=False)),
+    (presets.keras, dict(learning_rate=0.01), dict(eps=1e-7)),
+    (presets.timm_tf, dict(lr=0.01), dict(eps=1e-10, initial_scale=1.0)),
 ], ids=["rmsprop", "pytorch", "keras", "timm_tf"])
-def test_injected_defaults_keep_weight_decay_off_and_need_no_params(factory, kwargs):
+def test_injected_defaults_keep_weight_decay_off_and_need_no_params(factory, kwargs, reference):
   # inject_hyperparams injects every numeric default; a default weight decay of 0 would come
-  # in as an array, keep the decay path on and make `update` demand the params.
+  # in as an array, keep the decay path on and make `update` demand the params. Each run
+  # follows the float64 reference of its framework's defaults, without weight decay.
   problem = helpers.Quadratic(SHAPES, seed=6, steps=3)
   injected = optax.inject_hyperparams(factory)(**kwargs)
-  assert "weight_decay" not in injected.init([jnp.asarray(p) for p in problem.params()]).hyperparams
   params = [jnp.asarray(p) for p in problem.params()]
-  state, expected_state = injected.init(params), factory(**kwargs).init(params)
+  state = injected.init(params)
+  assert "weight_decay" not in state.hyperparams
+  ref = helpers.ReferenceRMSProp(helpers.RefConfig(lambda t: 0.01, **reference), problem.params())
+  expected = problem.params()
   for t in range(problem.steps):
     grads = [jnp.asarray(g) for g in problem.grads(params, t)]
     updates, state = jax.jit(injected.update)(grads, state)  # no params
-    expected, expected_state = factory(**kwargs).update(grads, expected_state)
-    chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-7)
     params = optax.apply_updates(params, updates)
+    expected = ref.step(expected, problem.grads(expected, t))
+  helpers.assert_close_to_scale(params, expected, rtol=2e-5, what="injected defaults")
 
 
 def test_new_injected_values_take_effect_without_recompiling():

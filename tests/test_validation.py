@@ -281,7 +281,7 @@ def test_python_numbers_work_as_leaves_as_in_optax():
 
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_python_number_leaves_work_with_weight_decay(decoupled):
-  # Against Optax's own decayed-weights chain (coupled) and the equations (decoupled).
+  # Against one step of the equations, coupled (g + wd * p) or decoupled (- lr * wd * p).
   params, grads = {"a": 1.5, "b": jnp.ones(2, jnp.float32)}, {"a": -0.5, "b": jnp.full(2, 0.25, jnp.float32)}
   opt = rmsprop(0.1, weight_decay=0.2, decoupled_weight_decay=decoupled)
   updates, _ = opt.update(grads, opt.init(params), params)
