@@ -441,16 +441,17 @@ def scale_change_gradients(
 
 def rms_trace(grads: np.ndarray, *, decay: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
   """`scale_by_rms(decay, **kwargs)` fed `grads` (time first): its steps g / sqrt(v) and the
-  averages v they divide by: the state's `nu`, divided by 1 - decay**t where `bias_correction`
-  is on."""
+  averages v they divide by: the state's `nu`, divided where `bias_correction` is on by 1 minus
+  the product of the decays so far (decay**t for a constant decay)."""
   tx = rmsprop_optax.scale_by_rms(decay, **kwargs)
   if not kwargs.get("bias_correction"):
     return run_on_gradients(tx, jnp.asarray(grads), record=lambda u, state: (u, state.nu))
-  record = lambda u, state: (u, state.nu, state.count)  # noqa: E731
-  steps, nu, count = run_on_gradients(tx, jnp.asarray(grads), record=record)
-  t = count.astype(np.float64)
-  rho = decay(t - 1) if callable(decay) else decay  # a schedule sees the count before the update
-  correction = 1.0 - np.asarray(rho, np.float64) ** t
+  # The product of the decays: a schedule's state keeps its log, a constant's is decay**t.
+  scheduled = callable(decay)
+  record = lambda u, state: (u, state.nu, state.log_decay_product if scheduled else state.count)  # noqa: E731
+  steps, nu, exponent = run_on_gradients(tx, jnp.asarray(grads), record=record)
+  exponent = np.asarray(exponent, np.float64)
+  correction = -np.expm1(exponent) if scheduled else 1.0 - np.float64(decay) ** exponent
   return steps, nu / correction.reshape((-1,) + (1,) * (nu.ndim - 1))
 
 

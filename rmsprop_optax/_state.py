@@ -28,12 +28,18 @@ class RMSPropState(NamedTuple):
       and distinct from the ``momentum`` coefficient, so that
       ``optax.tree_utils.tree_set(state, momentum=...)`` under `optax.inject_hyperparams`
       changes the coefficient and leaves the buffer alone.
+    log_decay_product: float scalar (float64 under ``jax_enable_x64``), the log of the product
+      of the decays applied so far, kept where ``bias_correction`` meets a decay schedule:
+      the averages started at 0 then fall short of the gradients' moments by that product,
+      not by the current decay to the power of the count. Else None. It comes last and
+      defaults to None, so a state written out with the four fields above still builds.
   """
 
   count: jax.Array | None
   nu: Any
   mu: Any
   trace: Any
+  log_decay_product: jax.Array | None = None
 
 
 def filled_like(x: jax.Array, value: float, dtype: Any) -> jax.Array:
@@ -56,15 +62,16 @@ def filled_like(x: jax.Array, value: float, dtype: Any) -> jax.Array:
   return jax.lax.select(never, source, jax.lax.full_like(source, value))
 
 
-def zero_count(params: Any) -> jax.Array:
-  """The step counter's first value: int32 zero, on the devices that hold `params`.
+def zero_scalar(params: Any, dtype: Any = np.int32) -> jax.Array:
+  """A scalar zero of `dtype` on the devices that hold `params`: the step counter's first
+  value (int32), or that of another scalar the state carries.
 
-  Params sharded over a mesh (concrete arrays with a `NamedSharding`) get a counter
-  replicated over that same mesh. A counter left on the default device works until something
+  Params sharded over a mesh (concrete arrays with a `NamedSharding`) get a scalar
+  replicated over that same mesh. A scalar left on the default device works until something
   commits it there (a checkpoint restored from the state's own shapes and shardings, a
   `device_put`): the next jitted update then mixes arrays on device 0 with arrays on the
   whole mesh and fails with "incompatible devices". Under a trace (`jit`, `eval_shape`) the
-  params have no concrete placement and the counter is an ordinary zero, which `jit`
+  params have no concrete placement and the scalar is an ordinary zero, which `jit`
   places with its other outputs. Building it with `make_array_from_callback` also works
   when the mesh spans several processes (`jax.distributed.initialize()`).
   """
@@ -74,11 +81,11 @@ def zero_count(params: Any) -> jax.Array:
     sharding = leaf.sharding
     if isinstance(sharding, NamedSharding):
       replicated = NamedSharding(sharding.mesh, PartitionSpec())
-      return jax.make_array_from_callback((), replicated, lambda _: np.zeros((), np.int32))
+      return jax.make_array_from_callback((), replicated, lambda _: np.zeros((), dtype))
     if isinstance(sharding, SingleDeviceSharding) and leaf.committed:
-      # Params committed to one device (`device_put(params, device)`): the counter goes there.
-      return jax.device_put(np.zeros((), np.int32), sharding)
-  return jnp.zeros([], jnp.int32)
+      # Params committed to one device (`device_put(params, device)`): the scalar goes there.
+      return jax.device_put(np.zeros((), dtype), sharding)
+  return jnp.zeros([], dtype)
 
 
 def increment(count: jax.Array) -> jax.Array:

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from rmsprop_optax import _rounding, _validation
-from rmsprop_optax._state import RMSPropState, filled_like, increment, zero_count
+from rmsprop_optax._state import RMSPropState, filled_like, increment, zero_scalar
 
 Scalar = Union[float, jax.Array]
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], Any]]
@@ -65,6 +65,20 @@ def _keeps_count(config: _Config) -> bool:
   """
   scheduled = (config.learning_rate, config.decay, config.eps, config.momentum, config.weight_decay)
   return config.bias_correction or config.stochastic_rounding or any(map(callable, scheduled))
+
+
+def _keeps_decay_product(config: _Config) -> bool:
+  """Whether the state must carry the log of the decays' product: bias correction divides by
+  1 - (product of the decays so far), which is 1 - decay**t only while the decay is constant.
+  A decay given as a number is constant (an injected one may change, but cannot be told apart
+  from a constant by its value); a schedule may change at any step.
+  """
+  return config.bias_correction and callable(config.decay)
+
+
+def _wide_float() -> Any:
+  """The widest float JAX has enabled: float64 under jax_enable_x64, else float32."""
+  return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def _compute_dtype(*dtypes: Any) -> Any:
@@ -257,6 +271,7 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
   use_weight_decay = config.weight_decay is not None
   couple_decay = use_weight_decay and not config.decoupled_weight_decay
   keep_count = _keeps_count(config)
+  keep_decay_product = _keeps_decay_product(config)
 
   def init_fn(params):
     _validation.check_init_params(config.fn, params)
@@ -268,17 +283,20 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       )
 
     return RMSPropState(
-        count=zero_count(params) if keep_count else None,
+        count=zero_scalar(params) if keep_count else None,
         nu=buffers(config.initial_scale, config.nu_dtype, True),
         mu=buffers(0.0, config.nu_dtype, False) if config.centered else None,
         trace=buffers(0.0, config.momentum_dtype, False) if use_momentum else None,
+        # log(1): no decay applied yet.
+        log_decay_product=zero_scalar(params, _wide_float()) if keep_decay_product else None,
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args  # accepted, as by Optax's own optimizers (a loss value, say), and unused
     _validation.check_state(
         config.fn, state, RMSPropState,
-        {"count": keep_count, "mu": config.centered, "trace": use_momentum},
+        {"count": keep_count, "mu": config.centered, "trace": use_momentum,
+         "log_decay_product": keep_decay_product},
     )
     _validation.check_update_inputs(
         config.fn, updates, state.nu, params,
@@ -292,14 +310,20 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     # of 1 - 1e-9 still adds its sliver of the new gradient instead of rounding to zero.
     one_minus_decay = 1.0 - decay
     lr = None if config.learning_rate is None else _at(config, "learning_rate", count)
-    inv_correction = None
+    inv_correction = new_log_decay_product = None
     if config.bias_correction:
-      # 1 - decay**t, accurate for decays near 1 (where 1 - 0.999**1 loses digits), in the
-      # widest float JAX has enabled (float64 under jax_enable_x64), then rounded per leaf.
-      wide = jax.dtypes.canonicalize_dtype(jnp.float64)
-      steps = new_count.astype(wide)
-      correction = -jnp.expm1(steps * jnp.log1p(-jnp.asarray(one_minus_decay, wide)))
-      inv_correction = 1.0 / correction
+      # 1 - (product of the decays so far) as -expm1(log of the product), accurate for decays
+      # near 1 (where 1 - 0.999 * 0.999 in float32 loses digits), in the widest float JAX has
+      # enabled (float64 under jax_enable_x64), then rounded per leaf. A constant decay's
+      # product is decay**t; a schedule's is summed in the state, one log per step.
+      wide = _wide_float()
+      log_decay = jnp.log1p(-jnp.asarray(one_minus_decay, wide))
+      if keep_decay_product:
+        new_log_decay_product = lax.add(state.log_decay_product.astype(wide), log_decay)
+        log_product = new_log_decay_product
+      else:
+        log_product = lax.mul(new_count.astype(wide), log_decay)
+      inv_correction = 1.0 / -jnp.expm1(log_product)
     hyper = _Hyper(
         decay=decay, one_minus_decay=one_minus_decay, eps=_at(config, "eps", count), lr=lr,
         neg_lr=None if lr is None else -lr,
@@ -413,6 +437,7 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
         nu=unflatten(out_nu),
         mu=unflatten(out_mu) if config.centered else None,
         trace=unflatten(out_mom) if use_momentum else None,
+        log_decay_product=new_log_decay_product,
     )
     return unflatten(out_updates), new_state
 
@@ -495,7 +520,8 @@ def scale_by_rms(
 
   where :math:`m_t = \rho\, m_{t-1} + (1 - \rho)\, g_t` is kept only when ``centered`` (else
   the :math:`m` term is absent), and the hats divide by :math:`1 - \rho^t` when
-  ``bias_correction`` (else they are the plain averages). The average remembers about
+  ``bias_correction`` (else they are the plain averages). With a decay schedule they divide
+  by 1 minus the product of the decays so far, which the state keeps. The average remembers about
   :math:`1 / (1 - \rho)` steps.
 
   Args:
@@ -504,7 +530,8 @@ def scale_by_rms(
     eps_in_sqrt: add ``eps`` inside the square root (Optax, Keras, TF1) or outside (PyTorch).
     initial_scale: first value of :math:`v`: 0 (PyTorch, Keras, Optax) or 1 (TF1, timm).
     centered: divide by the root of the variance estimate :math:`v - m^2` (Graves, 2013).
-    bias_correction: divide the averages by :math:`1 - \rho^t`, as Adam does.
+    bias_correction: divide the averages by :math:`1 - \rho^t`, as Adam does (by 1 minus
+      the product of the decays so far with a decay schedule).
     nu_dtype: storage dtype of :math:`v` and :math:`m` (arithmetic is at least float32);
       None keeps the param's precision, at least float32.
     stochastic_rounding: round stochastically when storing state in a narrower dtype, so a

@@ -238,6 +238,7 @@ _FIELDS = {
     "count": ("a step count", "a schedule, bias_correction or stochastic_rounding"),
     "mu": ("an average of gradients", "centered=True"),
     "trace": ("a momentum buffer", "a momentum"),
+    "log_decay_product": ("the log of the decays' product", "bias_correction and a decay schedule"),
 }
 
 
@@ -262,8 +263,8 @@ def check_state(fn: str, state: Any, state_type: type, expected: dict[str, bool]
       problem = f"this optimizer, configured with {option}, needs {what} (`{field}`), which "
       problem += "the state lacks"
     else:
-      problem = f"the state holds {what} (`{field}`), which this optimizer, configured "
-      problem += f"without {option}, does not keep"
+      problem = f"the state holds {what} (`{field}`), which this optimizer, not configured "
+      problem += f"with {option}, does not keep"
     raise ValueError(
         f"{fn}.update: the state was made by a differently configured optimizer: {problem}. "
         "Call init of this optimizer for a fresh state, or build the optimizer with the "

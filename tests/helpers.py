@@ -120,11 +120,13 @@ class ReferenceRMSProp:
     self.v = [np.full(np.shape(p), cfg.initial_scale, np.float64) for p in params]
     self.m = [np.zeros(np.shape(p), np.complex128 if np.iscomplexobj(p) else np.float64) for p in params]
     self.b = [np.zeros_like(m) for m in self.m]
+    self.decay_product = 1.0  # of the decays applied so far: an average started at 0 falls short by it
 
   def step(self, params: list, grads: list) -> list:
     cfg, t = self.cfg, self.t
     lr = cfg.learning_rate(t)
     rho = cfg.decay(t) if callable(cfg.decay) else cfg.decay
+    self.decay_product *= rho
     out = []
     for i, (p, g) in enumerate(zip(params, grads)):
       p = np.asarray(p, np.complex128 if np.iscomplexobj(p) else np.float64)
@@ -139,8 +141,8 @@ class ReferenceRMSProp:
         self.m[i] = rho * self.m[i] + (1 - rho) * g
         m_hat = self.m[i]
       if cfg.bias_correction:
-        v_hat = v_hat / (1 - rho ** (t + 1))
-        m_hat = None if m_hat is None else m_hat / (1 - rho ** (t + 1))
+        v_hat = v_hat / (1 - self.decay_product)
+        m_hat = None if m_hat is None else m_hat / (1 - self.decay_product)
       var = v_hat - (np.abs(m_hat) ** 2 if cfg.centered else 0.0)
       var = np.maximum(var, 0.0)
       u = g / np.sqrt(var + cfg.eps) if cfg.eps_in_sqrt else g / (np.sqrt(var) + cfg.eps)

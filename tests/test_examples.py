@@ -20,10 +20,11 @@ def test_rms_trace_returns_the_average_each_step_divides_by(decay, bias_correcti
 
   steps, averages = ex.rms_trace(grads, decay=decay, eps=1e-8, bias_correction=bias_correction)
 
-  v = np.zeros(3)
+  v, product = np.zeros(3), 1.0
   for t, g in enumerate(grads.astype(np.float64)):
     rho = float(decay(t)) if callable(decay) else decay  # the count before the update
     v = rho * v + (1 - rho) * g**2
-    v_hat = v / (1 - rho ** (t + 1)) if bias_correction else v
+    product *= rho  # of the decays so far
+    v_hat = v / (1 - product) if bias_correction else v
     np.testing.assert_allclose(averages[t], v_hat, rtol=2e-5, err_msg=f"step {t + 1}")
     np.testing.assert_allclose(steps[t], g / np.sqrt(v_hat + 1e-8), rtol=2e-5, err_msg=f"step {t + 1}")

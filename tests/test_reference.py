@@ -120,6 +120,28 @@ def test_decay_and_eps_schedules_follow_the_step_count():
   helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS, use_jit=True), params)
 
 
+def test_bias_correction_under_a_decay_schedule_divides_by_one_minus_the_product_of_its_decays():
+  # The decay jumps from 0.9 to 0.999 after 30 steps, when the average has forgotten its zero
+  # start (0.9**30 = 0.04). The right correction, 1 - 0.9**30 * 0.999**(t - 30), is near 1;
+  # 1 - 0.999**t from the current decay alone is 0.03 at t = 31 and would shrink the steps
+  # about sixfold.
+  problem = helpers.Quadratic(shapes=((6,), (2, 3)), seed=8, steps=STEPS, zero_first_step=True)
+  decays = np.where(np.arange(STEPS) < 30, 0.9, 0.999).astype(np.float32)
+  table = jnp.asarray(decays)
+  flags = dict(centered=True, momentum=0.5, bias_correction=True)
+  schedule = lambda c: table[c]  # noqa: E731
+  expected = _reference_run(
+      helpers.RefConfig(learning_rate=lambda t: 0.01, decay=lambda t: float(decays[t]), **flags), problem
+  )
+  for use_jit in (True, False):
+    helpers.assert_close_to_scale(
+        helpers.run_optax(rmsprop(0.01, decay=schedule, **flags), problem, STEPS, use_jit=use_jit), expected
+    )
+  # Under inject_hyperparams, a decay listed in static_args reaches rmsprop as the schedule.
+  injected = optax.inject_hyperparams(rmsprop, static_args=("decay",))(0.01, decay=schedule, **flags)
+  helpers.assert_close_to_scale(helpers.run_optax(injected, problem, STEPS, use_jit=True), expected)
+
+
 def test_scale_by_rms_is_rmsprop_without_learning_rate():
   for centered, bias in itertools.product([False, True], repeat=2):
     problem = helpers.Quadratic(shapes=((4,),), seed=11, steps=STEPS, zero_first_step=centered and bias)

@@ -168,33 +168,42 @@ def _train_step(opt):
 
 
 @pytest.mark.parametrize("init_mode", ["eager", "jit_without_out_shardings"])
-def test_step_counter_is_usable_in_the_next_jitted_update_after_being_committed(init_mode):
-  """A restored checkpoint commits every leaf to the sharding it was saved with. The counter
-  must live on the params' devices then, or the jitted update refuses to mix devices."""
+def test_state_scalars_are_usable_in_the_next_jitted_update_after_being_committed(init_mode):
+  """A restored checkpoint commits every leaf to the sharding it was saved with. The state's
+  scalars (the count, the decays' product) must live on the params' devices then, or the
+  jitted update refuses to mix devices."""
   mesh = _mesh((4, 2), ("rows", "cols"), AxisType.Auto)
   params = _place(mesh, STEP_TREE)
-  opt = rmsprop(helpers.constant_schedule(0.1), momentum=0.9)  # a schedule: the state keeps a count
+  # Schedules: the state keeps a count, and with bias correction the decays' product too.
+  opt = rmsprop(helpers.constant_schedule(0.1), decay=helpers.constant_schedule(0.9), momentum=0.9,
+                bias_correction=True)
   state = (opt.init if init_mode == "eager" else jax.jit(opt.init))(params)
   assert state.count.dtype == jnp.int32 and state.count.shape == ()
+  assert state.log_decay_product.dtype == jnp.float32 and state.log_decay_product.shape == ()
   committed = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
 
   grads = jax.tree.map(lambda p: jnp.float32(0.5) * p, params)
-  # A counter on one device fails here: "Received incompatible devices for jitted computation".
+  # A scalar on one device fails here: "Received incompatible devices for jitted computation".
   new_params, new_state = jax.jit(_train_step(opt))(params, committed, grads)
   assert int(new_state.count) == 1
-  assert committed.count.sharding.device_set == new_state.count.sharding.device_set == set(mesh.devices.flat)
+  for scalar in ("count", "log_decay_product"):
+    devices = [getattr(s, scalar).sharding.device_set for s in (committed, new_state)]
+    assert devices == [set(mesh.devices.flat)] * 2, scalar
   names = sorted(params)
-  reference = helpers.ReferenceRMSProp(helpers.RefConfig(lambda t: 0.1, momentum=0.9), [params[k] for k in names])
+  reference = helpers.ReferenceRMSProp(
+      helpers.RefConfig(lambda t: 0.1, momentum=0.9, bias_correction=True), [params[k] for k in names]
+  )
   expected = reference.step([np.asarray(params[k]) for k in names], [np.asarray(grads[k]) for k in names])
   helpers.assert_close_to_scale([new_params[k] for k in names], expected, rtol=1e-6)
 
 
-def test_step_counter_follows_params_committed_to_one_device():
+def test_state_scalars_follow_params_committed_to_one_device():
   device = jax.devices()[3]
   params = jax.device_put({"w": jnp.ones((4, 4), jnp.float32)}, device)
-  opt = rmsprop(0.1, bias_correction=True)  # bias correction reads the count
+  opt = rmsprop(0.1, decay=helpers.constant_schedule(0.9), bias_correction=True)  # count and product
   state = opt.init(params)
-  assert state.count.sharding.device_set == {device} and state.count.committed
+  for scalar in (state.count, state.log_decay_product):
+    assert scalar.sharding.device_set == {device} and scalar.committed
   committed = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
   grads = jax.device_put({"w": jnp.full((4, 4), 0.5, jnp.float32)}, device)
   # A counter on the default device fails here: "Received incompatible devices".
@@ -237,6 +246,7 @@ CONFIGS = {
         eps=_standard(optax.exponential_decay(1e-6, 5, 0.5)),
         momentum=_standard(optax.linear_schedule(0.5, 0.9, 5)),
         weight_decay=_standard(optax.constant_schedule(0.01)),
+        bias_correction=True,  # with a decay schedule: the state keeps the decays' product
     ),
     "preset_pytorch": lambda: presets.pytorch(lr=0.05, momentum=0.9, weight_decay=0.01, centered=True),
     "preset_keras": lambda: presets.keras(learning_rate=0.05, momentum=0.9, weight_decay=0.01),

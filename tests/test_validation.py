@@ -321,6 +321,11 @@ def test_structural_options_must_be_booleans(flag):
         (dict(), dict(bias_correction=True), "needs a step count (`count`), which the state lacks"),
         (dict(momentum=0.9), dict(), "the state holds a momentum buffer (`trace`)"),
         (dict(centered=True), dict(), "the state holds an average of gradients (`mu`)"),
+        (dict(bias_correction=True), dict(bias_correction=True, decay=helpers.constant_schedule(0.9)),
+         "needs the log of the decays' product (`log_decay_product`), which the state lacks"),
+        (dict(bias_correction=True, decay=helpers.constant_schedule(0.9)), dict(bias_correction=True),
+         "the state holds the log of the decays' product (`log_decay_product`), which this optimizer, "
+         "not configured with bias_correction and a decay schedule, does not keep"),
     ],
 )
 def test_a_state_from_another_configuration_is_named_not_misread(made_by, used_with, missing):
