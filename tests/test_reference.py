@@ -142,6 +142,21 @@ def test_bias_correction_under_a_decay_schedule_divides_by_one_minus_the_product
   helpers.assert_close_to_scale(helpers.run_optax(injected, problem, STEPS, use_jit=True), expected)
 
 
+def test_a_decay_schedule_that_reaches_one_freezes_the_bias_corrected_average():
+  # A decay of 1 keeps the average as it is. Divided by 1 - decay**t from the current decay,
+  # it would be divided by 0 and every later step would be 0; the product of the decays so far
+  # is 0.9**40 and stays there.
+  problem = helpers.Quadratic(shapes=((4,),), seed=9, steps=STEPS)
+  decays = np.where(np.arange(STEPS) < 40, 0.9, 1.0).astype(np.float32)
+  table = jnp.asarray(decays)
+  ours = rmsprop(0.01, decay=lambda c: table[c], bias_correction=True)
+  expected = _reference_run(
+      helpers.RefConfig(learning_rate=lambda t: 0.01, decay=lambda t: float(decays[t]), bias_correction=True),
+      problem,
+  )
+  helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS, use_jit=True), expected)
+
+
 def test_scale_by_rms_is_rmsprop_without_learning_rate():
   for centered, bias in itertools.product([False, True], repeat=2):
     problem = helpers.Quadratic(shapes=((4,),), seed=11, steps=STEPS, zero_first_step=centered and bias)
