@@ -28,11 +28,14 @@ class RMSPropState(NamedTuple):
       and distinct from the ``momentum`` coefficient, so that
       ``optax.tree_utils.tree_set(state, momentum=...)`` under `optax.inject_hyperparams`
       changes the coefficient and leaves the buffer alone.
-    log_decay_product: float scalar (float64 under ``jax_enable_x64``), the log of the product
-      of the decays applied so far, kept where ``bias_correction`` meets a decay schedule:
-      the averages started at 0 then fall short of the gradients' moments by that product,
-      not by the current decay to the power of the count. Else None. It comes last and
-      defaults to None, so a state written out with the four fields above still builds.
+    log_decay_product: float32 scalar (float64 if ``jax_enable_x64`` was on at init), the
+      log of the product of the decays applied so far, kept where ``bias_correction`` meets
+      a decay schedule: the averages started at 0 then fall short of the gradients' moments
+      by that product, not by the current decay to the power of the count. Else None. It
+      comes last and defaults to None, so ``RMSPropState(count, nu, mu, trace)`` still
+      builds a state (the README's Checkpointing section restores older checkpoints so).
+      Once a decay of 0 makes the product 0, it holds -1000, not -inf: finite, and as good
+      as -inf to ``exp``.
   """
 
   count: jax.Array | None

@@ -76,6 +76,10 @@ def _keeps_decay_product(config: _Config) -> bool:
   return config.bias_correction and callable(config.decay)
 
 
+# Below log(smallest float64), about -745, exp is 0 in every float dtype.
+_LOG_PRODUCT_FLOOR = -1000.0
+
+
 def _wide_float() -> Any:
   """The widest float JAX has enabled: float64 under jax_enable_x64, else float32."""
   return jax.dtypes.canonicalize_dtype(jnp.float64)
@@ -319,8 +323,13 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       wide = _wide_float()
       log_decay = jnp.log1p(-jnp.asarray(one_minus_decay, wide))
       if keep_decay_product:
-        new_log_decay_product = lax.add(state.log_decay_product.astype(wide), log_decay)
-        log_product = new_log_decay_product
+        stored = state.log_decay_product
+        log_product = lax.add(stored.astype(wide), log_decay)
+        # Stored finite, since a decay of 0 makes the log -inf (any floor below the log of the
+        # smallest float64 gives the same product, 0), and in its own dtype, which switching
+        # jax_enable_x64 on or off since init does not change.
+        floor = np.asarray(_LOG_PRODUCT_FLOOR, wide)[()]
+        new_log_decay_product = _cast(lax.max(log_product, floor), stored.dtype)
       else:
         log_product = lax.mul(new_count.astype(wide), log_decay)
       inv_correction = 1.0 / -jnp.expm1(log_product)

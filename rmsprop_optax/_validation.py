@@ -265,10 +265,15 @@ def check_state(fn: str, state: Any, state_type: type, expected: dict[str, bool]
     else:
       problem = f"the state holds {what} (`{field}`), which this optimizer, not configured "
       problem += f"with {option}, does not keep"
+    fix = ("Call init of this optimizer for a fresh state, or build the optimizer with the "
+           "options of the one that made the state.")
+    if keeps and field == "log_decay_product":
+      # A state restored from a checkpoint written before the field existed.
+      fix += (" For a state restored from a checkpoint that predates the field, set it to the "
+              "sum of the logs of the decays applied so far: state._replace(log_decay_product="
+              "jnp.float32(sum(math.log(decay(i)) for i in range(int(state.count))))).")
     raise ValueError(
-        f"{fn}.update: the state was made by a differently configured optimizer: {problem}. "
-        "Call init of this optimizer for a fresh state, or build the optimizer with the "
-        "options of the one that made the state."
+        f"{fn}.update: the state was made by a differently configured optimizer: {problem}. {fix}"
     )
 
 

@@ -6,6 +6,8 @@ first step of each is also checked against the float64 reference.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -163,6 +165,11 @@ CHECKPOINT_CONFIGS = {
         0.02, centered=True, momentum=0.9, nu_dtype=jnp.bfloat16, momentum_dtype=jnp.bfloat16,
         stochastic_rounding=True, seed=11,
     ),
+    # Bias correction under a decay schedule: a count and the log of the decays' product.
+    "decay_schedule_bias_correction": lambda: rmsprop(
+        0.02, decay=lambda count: 0.9 + 0.09 * (count >= 2).astype(jnp.float32), momentum=0.9,
+        bias_correction=True,
+    ),
 }
 
 
@@ -189,6 +196,15 @@ def _run(step, params, state, start, steps):
   return params, state
 
 
+def _trained(config, steps):
+  """The optimizer of `config`, its jitted step, and params and state after `steps` steps."""
+  opt = CHECKPOINT_CONFIGS[config]()
+  step = _train_step(opt)
+  params = jax.tree.map(jnp.asarray, _problem_params())
+  params, state = _run(step, params, opt.init(params), 0, steps)
+  return opt, step, params, state
+
+
 def _assert_bitwise(a, b):
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -198,10 +214,7 @@ def _assert_bitwise(a, b):
 
 @pytest.mark.parametrize("config", list(CHECKPOINT_CONFIGS))
 def test_flax_serialization_round_trip_continues_bitwise_identically(config):
-  opt = CHECKPOINT_CONFIGS[config]()
-  step = _train_step(opt)
-  params = jax.tree.map(jnp.asarray, _problem_params())
-  params, state = _run(step, params, opt.init(params), 0, 3)
+  opt, step, params, state = _trained(config, 3)
   saved = serialization.to_bytes({"params": params, "opt_state": state})
   uninterrupted = _run(step, params, state, 3, 3)
 
@@ -216,10 +229,7 @@ def test_flax_serialization_round_trip_continues_bitwise_identically(config):
 
 @pytest.mark.parametrize("config", list(CHECKPOINT_CONFIGS))
 def test_orbax_restored_run_continues_bitwise_identically(config, tmp_path):
-  opt = CHECKPOINT_CONFIGS[config]()
-  step = _train_step(opt)
-  params = jax.tree.map(jnp.asarray, _problem_params())
-  params, state = _run(step, params, opt.init(params), 0, 4)
+  opt, step, params, state = _trained(config, 4)
 
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(tmp_path / "ckpt", {"params": params, "opt_state": state})
@@ -240,6 +250,60 @@ def test_orbax_restored_run_continues_bitwise_identically(config, tmp_path):
     _assert_bitwise(restored, {"params": params, "opt_state": state})
     resumed = _run(step, restored["params"], restored["opt_state"], 4, 4)
     _assert_bitwise(resumed, uninterrupted)
+
+
+def _four_fields(state):
+  """The README's recipe: the fields of an `RMSPropState` (abstract or not) that a checkpoint
+  written before `log_decay_product` existed holds, as a dict to restore into."""
+  return {name: value for name, value in state._asdict().items() if name != "log_decay_product"}
+
+
+class _FourFieldState(NamedTuple):
+  """RMSPropState as checkpoints written before `log_decay_product` existed hold it."""
+
+  count: Any
+  nu: Any
+  mu: Any
+  trace: Any
+
+
+@pytest.mark.parametrize("config", ["empty_placeholders", "decay_schedule_bias_correction"])
+def test_orbax_checkpoint_of_the_four_field_state_restores_as_the_readme_says(config, tmp_path):
+  opt, step, params, state = _trained(config, 4)
+  checkpointer = ocp.StandardCheckpointer()
+  old = _FourFieldState(state.count, state.nu, state.mu, state.trace)
+  checkpointer.save(tmp_path / "ckpt", {"params": params, "opt_state": old})
+  checkpointer.wait_until_finished()
+  uninterrupted = _run(step, params, state, 4, 4)
+
+  # The README's recipe: restore into the fields the checkpoint has, then build the state.
+  abstract_params = jax.eval_shape(lambda: jax.tree.map(jnp.asarray, _problem_params()))
+  four = _four_fields(jax.eval_shape(opt.init, abstract_params))
+  restored = checkpointer.restore(tmp_path / "ckpt", {"params": abstract_params, "opt_state": four})
+  restored_state = RMSPropState(**restored["opt_state"])
+  if config == "decay_schedule_bias_correction":
+    # The log of the product of the decays the first `count` updates applied: 0.9, 0.9, 0.99, 0.99.
+    decays = np.float32([0.9, 0.9, 0.99, 0.99])
+    assert int(restored_state.count) == len(decays)
+    log_product = np.sum(np.log(decays.astype(np.float64)))
+    restored_state = restored_state._replace(log_decay_product=jnp.float32(log_product))
+    resumed = _run(step, restored["params"], restored_state, 4, 4)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  else:
+    _assert_bitwise(_run(step, restored["params"], restored_state, 4, 4), uninterrupted)
+
+
+def test_flax_bytes_of_the_four_field_state_restore_as_the_readme_says():
+  opt, step, params, state = _trained("every_buffer_bf16", 3)
+  saved = serialization.to_bytes({"params": params, "opt_state": _FourFieldState(*state[:4])})
+  uninterrupted = _run(step, params, state, 3, 3)
+
+  template_params = jax.tree.map(jnp.asarray, _problem_params())
+  four = _four_fields(opt.init(template_params))
+  restored = serialization.from_bytes({"params": template_params, "opt_state": four}, saved)
+  restored_state = RMSPropState(**restored["opt_state"])
+  _assert_bitwise(_run(step, restored["params"], restored_state, 3, 3), uninterrupted)
 
 
 def _layout(mesh, spec_of):

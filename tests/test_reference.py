@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -142,12 +143,23 @@ def test_bias_correction_under_a_decay_schedule_divides_by_one_minus_the_product
   helpers.assert_close_to_scale(helpers.run_optax(injected, problem, STEPS, use_jit=True), expected)
 
 
-def test_a_decay_schedule_that_reaches_one_freezes_the_bias_corrected_average():
-  # A decay of 1 keeps the average as it is. Divided by 1 - decay**t from the current decay,
-  # it would be divided by 0 and every later step would be 0; the product of the decays so far
-  # is 0.9**40 and stays there.
+# Decay schedules at the edges of [0, 1], one float32 decay per step.
+EDGE_DECAYS = {
+    # A decay of 1 keeps the average as it is. Divided by 1 - decay**t from the current decay,
+    # it would be divided by 0 and every later step would be 0; the product of the decays so
+    # far is 0.9**40 and stays there.
+    "reaches_one": np.where(np.arange(STEPS) < 40, 0.9, 1.0).astype(np.float32),
+    # decay = 1 - 1/(t + 1), 0 on the first step, makes v the plain mean of the squared
+    # gradients so far. The product of the decays is 0 from the first step and its log -inf:
+    # the state must still hold a finite number, for checks such as assert_tree_all_finite.
+    "from_zero": (1.0 - 1.0 / (np.arange(STEPS) + 1.0)).astype(np.float32),
+}
+
+
+@pytest.mark.parametrize("name", list(EDGE_DECAYS))
+def test_bias_correction_under_decay_schedules_at_the_edges_tracks_the_reference(name):
+  decays = EDGE_DECAYS[name]
   problem = helpers.Quadratic(shapes=((4,),), seed=9, steps=STEPS)
-  decays = np.where(np.arange(STEPS) < 40, 0.9, 1.0).astype(np.float32)
   table = jnp.asarray(decays)
   ours = rmsprop(0.01, decay=lambda c: table[c], bias_correction=True)
   expected = _reference_run(
@@ -155,6 +167,10 @@ def test_a_decay_schedule_that_reaches_one_freezes_the_bias_corrected_average():
       problem,
   )
   helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS, use_jit=True), expected)
+  state = ours.init(problem.params())
+  for t in range(3):
+    _, state = ours.update([jnp.asarray(g) for g in problem.grads(problem.params(), t)], state)
+    chex.assert_tree_all_finite(state)
 
 
 def test_scale_by_rms_is_rmsprop_without_learning_rate():
@@ -301,6 +317,44 @@ def test_under_x64_float64_leaves_track_the_reference_to_float64_precision(name)
       params = optax.apply_updates(params, updates)
     assert [p.dtype for p in params] == [jnp.float64, jnp.complex128]
   helpers.assert_close_to_scale(params, expected, rtol=1e-12, what=name)
+
+
+def test_under_x64_a_decay_schedule_is_bias_corrected_to_float64_precision():
+  decays = np.where(np.arange(STEPS) < 30, 0.9, 0.999)  # float64: the log product is too
+  problem = helpers.Quadratic(shapes=((3, 4),), seed=23, steps=STEPS)
+  flags = dict(centered=True, momentum=0.5, bias_correction=True, eps=1e-6)
+  ref = helpers.ReferenceRMSProp(
+      helpers.RefConfig(learning_rate=lambda t: 0.01, decay=lambda t: float(decays[t]), **flags),
+      [problem.init[0].astype(np.float64)],
+  )
+  expected = [problem.init[0].astype(np.float64)]
+  for t in range(STEPS):
+    expected = ref.step(expected, problem.grads(expected, t, precision=64))
+  with jax.enable_x64(True):
+    table = jnp.asarray(decays, jnp.float64)
+    opt = rmsprop(0.01, decay=lambda c: table[c], **flags)
+    params = [jnp.asarray(problem.init[0], jnp.float64)]
+    state = opt.init(params)
+    assert state.log_decay_product.dtype == jnp.float64
+    step = jax.jit(opt.update)
+    for t in range(STEPS):
+      updates, state = step([jnp.asarray(problem.grads([np.asarray(params[0])], t, precision=64)[0])], state)
+      params = optax.apply_updates(params, updates)
+  helpers.assert_close_to_scale(params, expected, rtol=1e-12)
+
+
+def test_the_decay_product_stays_float32_when_x64_is_switched_on_after_init():
+  # Every leaf keeps the dtype init gave it: a float32 log product that came back float64
+  # would break a lax.scan carry or a donated buffer. (The other way round JAX has no float64
+  # to keep once x64 is off.)
+  opt = rmsprop(0.01, decay=helpers.constant_schedule(0.9), bias_correction=True)
+  params = jnp.ones(3, jnp.float32)
+  state = opt.init(params)
+  with jax.enable_x64(True):
+    _, after = opt.update(params, state)
+  assert state.log_decay_product.dtype == after.log_decay_product.dtype == jnp.float32
+  # One decay of 0.9 applied: the log of the product is log(0.9).
+  np.testing.assert_allclose(float(after.log_decay_product), np.log(0.9), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", list(X64_CASES))

@@ -97,6 +97,7 @@ CONFIGS = {
         0.01, momentum=0.9, nu_dtype=jnp.bfloat16, momentum_dtype=jnp.bfloat16, stochastic_rounding=True,
     ),
     "schedules": lambda: rmsprop(lr_schedule, decay=decay_schedule, eps=eps_schedule, momentum=0.9),
+    "decay_schedule_bias_correction": lambda: rmsprop(0.01, decay=decay_schedule, bias_correction=True),
     "preset_pytorch": lambda: presets.pytorch(lr=0.01, momentum=0.9, weight_decay=0.1, centered=True),
     "preset_keras": lambda: presets.keras(momentum=0.9, weight_decay=0.01),
     "preset_tf1": lambda: presets.tf1(0.01, momentum=0.9),

@@ -322,7 +322,10 @@ def test_structural_options_must_be_booleans(flag):
         (dict(momentum=0.9), dict(), "the state holds a momentum buffer (`trace`)"),
         (dict(centered=True), dict(), "the state holds an average of gradients (`mu`)"),
         (dict(bias_correction=True), dict(bias_correction=True, decay=helpers.constant_schedule(0.9)),
-         "needs the log of the decays' product (`log_decay_product`), which the state lacks"),
+         "needs the log of the decays' product (`log_decay_product`), which the state lacks. Call init "
+         "of this optimizer for a fresh state, or build the optimizer with the options of the one that "
+         "made the state. For a state restored from a checkpoint that predates the field, set it to the "
+         "sum of the logs of the decays applied so far: state._replace(log_decay_product="),
         (dict(bias_correction=True, decay=helpers.constant_schedule(0.9)), dict(bias_correction=True),
          "the state holds the log of the decays' product (`log_decay_product`), which this optimizer, "
          "not configured with bias_correction and a decay schedule, does not keep"),
