@@ -233,12 +233,18 @@ def check_init_params(fn: str, params: Any) -> None:
       )
 
 
-# What each optional field of the state holds, for the message below.
+# What each optional field of the state holds and which option keeps it, for the message
+# below; and, for a field that checkpoints of earlier versions lack, how to rebuild it.
 _FIELDS = {
-    "count": ("a step count", "a schedule, bias_correction or stochastic_rounding"),
-    "mu": ("an average of gradients", "centered=True"),
-    "trace": ("a momentum buffer", "a momentum"),
-    "log_decay_product": ("the log of the decays' product", "bias_correction and a decay schedule"),
+    "count": ("a step count", "a schedule, bias_correction or stochastic_rounding", ""),
+    "mu": ("an average of gradients", "centered=True", ""),
+    "trace": ("a momentum buffer", "a momentum", ""),
+    "log_decay_product": (
+        "the log of the decays' product", "bias_correction and a decay schedule",
+        " For a state restored from a checkpoint that predates the field, set it to the sum of "
+        "the logs of the decays applied so far: state._replace(log_decay_product="
+        "jnp.float32(sum(math.log(decay(i)) for i in range(int(state.count))))).",
+    ),
 }
 
 
@@ -258,22 +264,17 @@ def check_state(fn: str, state: Any, state_type: type, expected: dict[str, bool]
     held = getattr(state, field) is not None
     if held == keeps:
       continue
-    what, option = _FIELDS[field]
+    what, option, rebuild = _FIELDS[field]
     if keeps:
       problem = f"this optimizer, configured with {option}, needs {what} (`{field}`), which "
       problem += "the state lacks"
     else:
       problem = f"the state holds {what} (`{field}`), which this optimizer, not configured "
       problem += f"with {option}, does not keep"
-    fix = ("Call init of this optimizer for a fresh state, or build the optimizer with the "
-           "options of the one that made the state.")
-    if keeps and field == "log_decay_product":
-      # A state restored from a checkpoint written before the field existed.
-      fix += (" For a state restored from a checkpoint that predates the field, set it to the "
-              "sum of the logs of the decays applied so far: state._replace(log_decay_product="
-              "jnp.float32(sum(math.log(decay(i)) for i in range(int(state.count))))).")
     raise ValueError(
-        f"{fn}.update: the state was made by a differently configured optimizer: {problem}. {fix}"
+        f"{fn}.update: the state was made by a differently configured optimizer: {problem}. "
+        "Call init of this optimizer for a fresh state, or build the optimizer with the "
+        "options of the one that made the state." + (rebuild if keeps else "")
     )
 
 
