@@ -206,7 +206,7 @@ def test_state_scalars_follow_params_committed_to_one_device():
     assert scalar.sharding.device_set == {device} and scalar.committed
   committed = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
   grads = jax.device_put({"w": jnp.full((4, 4), 0.5, jnp.float32)}, device)
-  # A counter on the default device fails here: "Received incompatible devices".
+  # A scalar on the default device fails here: "Received incompatible devices".
   new_params, new_state = jax.jit(_train_step(opt))(params, committed, grads)
   assert int(new_state.count) == 1 and new_params["w"].sharding.device_set == {device}
 
