@@ -446,12 +446,14 @@ def rms_trace(grads: np.ndarray, *, decay: Any, **kwargs: Any) -> tuple[np.ndarr
   tx = rmsprop_optax.scale_by_rms(decay, **kwargs)
   if not kwargs.get("bias_correction"):
     return run_on_gradients(tx, jnp.asarray(grads), record=lambda u, state: (u, state.nu))
-  # The product of the decays: a schedule's state keeps its log, a constant's is decay**t.
-  scheduled = callable(decay)
-  record = lambda u, state: (u, state.nu, state.log_decay_product if scheduled else state.count)  # noqa: E731
-  steps, nu, exponent = run_on_gradients(tx, jnp.asarray(grads), record=record)
-  exponent = np.asarray(exponent, np.float64)
-  correction = -np.expm1(exponent) if scheduled else 1.0 - np.float64(decay) ** exponent
+  # The product of the decays: where the state keeps its log (a decay schedule), from that;
+  # else decay**t.
+  record = lambda u, state: (u, state.nu, state.count, state.log_decay_product)  # noqa: E731
+  steps, nu, count, log_product = run_on_gradients(tx, jnp.asarray(grads), record=record)
+  if log_product is not None:
+    correction = -np.expm1(np.asarray(log_product, np.float64))
+  else:
+    correction = 1.0 - np.float64(decay) ** np.asarray(count, np.float64)
   return steps, nu / correction.reshape((-1,) + (1,) * (nu.ndim - 1))
 
 
