@@ -135,7 +135,8 @@ def markdown(results: dict) -> str:
   lines.append(
       f"Machine: {env['machine']} ({env['platform']}). Date: {env['date']}. Python {env['python']}, "
       f"jax {env['jax']}, jaxlib {env['jaxlib']}, optax {env['optax']}, torch {env.get('torch', '-')}, "
-      f"numpy {env['numpy']}, rmsprop-optax {env['rmsprop_optax']}. JAX backend: {env['jax_backend']}, "
+      f"numpy {env['numpy']}, rmsprop-optax {env['rmsprop_optax']}. JAX backend: {env['jax_backend']}"
+      f"{', XLA_FLAGS ' + repr(env['xla_flags']) if env.get('xla_flags') else ''}, "
       f"running an elementwise kernel on {env['jax_threads_busy']} thread(s) (XLA's loop partitions); torch threads: "
       f"{env['torch_threads']}. Wall time of the run: {results.get('wall_seconds', 0):.0f} s. "
       f"Package: {env['source']}. Load average (1, 5, 15 min) at start {env['load_average_at_start']}, "

@@ -129,6 +129,7 @@ def environment(torch_threads: int | None, jax_busy: float) -> dict:
       "numpy": np.__version__,
       "rmsprop_optax": rmsprop_optax.__version__,
       "jax_backend": jax.default_backend(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "jax_threads_busy": jax_busy,
       "torch_threads": torch_threads,
   }

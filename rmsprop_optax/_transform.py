@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 from typing import Any, Callable, NamedTuple, Union
 
 import jax
@@ -259,7 +262,8 @@ def _for_recomputing(buffers: list) -> list:
   the step), XLA:CPU writes it to a parameter-sized temporary that both loops read back.
   That temporary is allocated afresh every step, its pages mapped again, and at 1e7
   parameters it made the step 1.5x to 1.9x slower than recomputing the value in the second
-  loop. (XLA:CPU has no multi-output fusion, which would make one loop of the two.) So on
+  loop. (By default XLA:CPU has no multi-output fusion, which would make one loop of the
+  two; see _cpu_fuses_sibling_loops for what the step does when it has.) So on
   CPU the buffers pass through an optimization barrier, which keeps XLA from merging the
   second computation into the first: the same arithmetic on the same values, bit for bit.
   Elsewhere they pass through untouched.
@@ -267,6 +271,42 @@ def _for_recomputing(buffers: list) -> list:
   if not buffers:
     return buffers
   return lax.platform_dependent(buffers, cpu=lax.optimization_barrier, default=lambda same: same)
+
+
+_MULTI_OUTPUT_FUSION = "xla_cpu_use_multi_output_fusion"
+
+
+@functools.cache
+def _cpu_fuses_sibling_loops() -> bool:
+  """Whether XLA:CPU, as this process set it up, makes one loop of loops that share inputs.
+
+  By default XLA:CPU computes each output array in its own loop, and the step's loop reads
+  the new average back from memory (28 B/param for the plain step, where one loop would
+  move 20). Its opt-in multi-output fusion
+  (`XLA_FLAGS=--xla_backend_extra_options=xla_cpu_use_multi_output_fusion`) merges sibling
+  loops, those that share inputs, but not a loop with one that reads its output. Where it is
+  on, the update computes each of a leaf's outputs from its own copy of the old buffers (see
+  _for_recomputing), so that they are siblings and XLA makes one loop of them: the same
+  arithmetic (though XLA's code for one loop may round a few elements differently, by an
+  ulp). Where it is off, that would make XLA copy each old buffer before the loop that
+  overwrites it, so the update keeps its default form.
+
+  XLA reads the option from `XLA_FLAGS` when its CPU backend starts, so without it there the
+  answer is no. With it, the answer comes from compiling, once per process, a function of
+  two outputs that share their inputs and looking for a fusion that returns both (the flag
+  may have been set after the backend started, or this XLA may not know it). Any failure (no
+  CPU backend, a compiler that prints its HLO otherwise) answers no, which keeps the default
+  form.
+  """
+  if _MULTI_OUTPUT_FUSION not in os.environ.get("XLA_FLAGS", ""):
+    return False
+  try:
+    cpu = jax.local_devices(backend="cpu")[0]
+    spec = jax.ShapeDtypeStruct((256,), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(cpu))
+    hlo = jax.jit(lambda a, b: (lax.add(a, b), lax.sub(a, b))).lower(spec, spec).compile().as_text()
+  except Exception:  # noqa: BLE001  (a probe for speed must never break an update)
+    return False
+  return re.search(r"= \([^=]*\) fusion\(", hlo) is not None
 
 
 def build(config: _Config) -> optax.GradientTransformationExtraArgs:
@@ -352,15 +392,35 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
         _leaf_mask(config.fn, config.weight_decay_mask, updates, params) if use_weight_decay else [True] * len(grads)
     )
 
+    inputs = list(zip(grads, nus, mus, bufs, ps))
+    # Where XLA:CPU merges sibling loops (see _cpu_fuses_sibling_loops), each output of a leaf
+    # is computed from inputs of its own, and XLA makes one loop of them. It merges only loops
+    # whose outputs share a shape and a dtype, so a leaf's gradient, state and params (the
+    # step's loop writes the new params) must share one. Stochastic rounding is left out: its
+    # hash would run once per output.
+    siblings = [False] * len(grads)
+    if not config.stochastic_rounding and _cpu_fuses_sibling_loops():
+      param_dtypes = [None] * len(grads)
+      if params is not None and jax.tree.structure(params) == treedef:
+        param_dtypes = [_as_array(p).dtype for p in jax.tree.leaves(params)]
+      siblings = [
+          len({x.dtype for x in arrays if x is not None} | {dtype} - {None}) == 1
+          for arrays, dtype in zip(inputs, param_dtypes)
+      ]
+    own = [index for index, sibling in enumerate(siblings) if sibling]
+    # The average reads the inputs themselves, and every other output a copy of its own: then
+    # no two loops share a value (a coupled decay's g + weight_decay * p, the new average
+    # that the momentum buffer and the step read), which XLA would write to a temporary.
+    n_copies = int(config.centered) + int(lr is not None and use_momentum) + 1
+    copies = dict(zip(own, _for_recomputing([(inputs[i],) * n_copies for i in own])))
+
     # Coupled weight decay feeds g + weight_decay * p to the state's loops and to the step's:
     # the step computes it again, from these (see _for_recomputing).
-    grads_again = _for_recomputing(grads) if couple_decay else grads
+    shared = [i for i in range(len(grads)) if not siblings[i]] if couple_decay else []
+    grads_again = dict(zip(shared, _for_recomputing([grads[i] for i in shared])))
 
-    # First the state, leaf by leaf; then the steps, which read it as stored.
-    out_nu, out_mu, out_mom, leaves = [], [], [], []
-    for index, (g_in, g_again, nu, mu, buf, p, flag) in enumerate(
-        zip(grads, grads_again, nus, mus, bufs, ps, masks)
-    ):
+    def one_leaf(index, g_in, nu, mu, buf, p, flag, g_again=None):
+      """One leaf's new state, as stored, and what its step needs."""
       cdt = _compute_dtype(g_in.dtype, nu.dtype)
       rdt = jnp.finfo(cdt).dtype
       # The hyperparameters in the leaf's real and (possibly complex) compute dtypes.
@@ -389,34 +449,52 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
         return g
 
       g = effective(g_in)
-      g_step = effective(g_again) if coupled else g
+      g_step = effective(g_again) if coupled and g_again is not None else g
 
       nu_stored = _store(
           lax.add(lax.mul(r.decay, _cast(nu, rdt)), lax.mul(r.one_minus_decay, _abs_sq(g))),
           nu.dtype, config, lambda: key(_NU),
       )
-      out_nu.append(nu_stored)
       mu_stored = None
       if config.centered:
         mu_stored = _store(
             lax.add(lax.mul(c.decay, _cast(mu, cdt)), lax.mul(c.one_minus_decay, g)),
             mu.dtype, config, lambda: key(_MU),
         )
-        out_mu.append(mu_stored)
       u = _precondition(config, g_step, nu_stored, mu_stored, r, c, rdt)
-      buf_new = None
+      buf_stored = buf_new = None
       if lr is not None and use_momentum:
         added = lax.mul(c.lr, u) if config.lr_in_momentum else u
         buf_stored = _store(lax.add(lax.mul(c.momentum, _cast(buf, cdt)), added), buf.dtype, config,
                             lambda: key(_MOMENTUM))
-        out_mom.append(buf_stored)
         buf_new = _cast(buf_stored, cdt)
-      leaves.append(_Leaf(g_step, u, nu_stored, mu_stored, buf_new, r, c, rdt, leaf_decay, p, g_in.dtype))
+      leaf = _Leaf(g_step, u, nu_stored, mu_stored, buf_new, r, c, rdt, leaf_decay, p, g_in.dtype)
+      return (nu_stored, mu_stored, buf_stored), leaf
+
+    # First the state, leaf by leaf; then the steps, which read it as stored.
+    out_nu, out_mu, out_mom, leaves = [], [], [], []
+    for index, (leaf_inputs, flag) in enumerate(zip(inputs, masks)):
+      (nu_stored, mu_stored, buf_stored), leaf = one_leaf(index, *leaf_inputs, flag, grads_again.get(index))
+      if siblings[index]:
+        *for_state, for_step = copies[index]
+        if config.centered:
+          (_, mu_stored, _), _ = one_leaf(index, *for_state.pop(0), flag)
+        if for_state:
+          (_, _, buf_stored), _ = one_leaf(index, *for_state.pop(0), flag)
+        _, leaf = one_leaf(index, *for_step, flag)
+      out_nu.append(nu_stored)
+      if config.centered:
+        out_mu.append(mu_stored)
+      if buf_stored is not None:
+        out_mom.append(buf_stored)
+      leaves.append(leaf)
 
     # Nesterov's step adds the preconditioned gradient to the new buffer, so it reads that
-    # gradient a second time: recomputed from the state as stored (see _for_recomputing).
+    # gradient a second time: recomputed from the state as stored (see _for_recomputing),
+    # unless the leaf's step computes its state itself.
     if config.nesterov:
-      again = _for_recomputing([(leaf.nu_stored, leaf.mu_stored) for leaf in leaves])
+      others = [i for i in range(len(leaves)) if not siblings[i]]
+      again = dict(zip(others, _for_recomputing([(leaves[i].nu_stored, leaves[i].mu_stored) for i in others])))
 
     out_updates = []
     for index, leaf in enumerate(leaves):
@@ -430,7 +508,8 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       else:
         step = leaf.buf_new
         if config.nesterov:
-          u = _precondition(config, leaf.g, *again[index], leaf.r, c, leaf.rdt)
+          if not siblings[index]:
+            u = _precondition(config, leaf.g, *again[index], leaf.r, c, leaf.rdt)
           step = lax.add(lax.mul(c.lr, u) if config.lr_in_momentum else u, lax.mul(c.momentum, step))
         if not config.lr_in_momentum:
           step = lax.mul(c.lr, step)
