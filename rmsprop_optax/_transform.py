@@ -419,8 +419,9 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     shared = [i for i in range(len(grads)) if not siblings[i]] if couple_decay else []
     grads_again = dict(zip(shared, _for_recomputing([grads[i] for i in shared])))
 
-    def one_leaf(index, g_in, nu, mu, buf, p, flag, g_again=None):
-      """One leaf's new state, as stored, and what its step needs."""
+    def one_leaf(index, g_in, nu, mu, buf, p, flag, g_again=None, only=None):
+      """One leaf's new state, as stored, and what its step needs; or, where `only` names one
+      state buffer ("nu", "mu" or "trace"), that buffer and what it needs, traced alone."""
       cdt = _compute_dtype(g_in.dtype, nu.dtype)
       rdt = jnp.finfo(cdt).dtype
       # The hyperparameters in the leaf's real and (possibly complex) compute dtypes.
@@ -451,16 +452,19 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       g = effective(g_in)
       g_step = effective(g_again) if coupled and g_again is not None else g
 
-      nu_stored = _store(
-          lax.add(lax.mul(r.decay, _cast(nu, rdt)), lax.mul(r.one_minus_decay, _abs_sq(g))),
-          nu.dtype, config, lambda: key(_NU),
-      )
-      mu_stored = None
-      if config.centered:
+      nu_stored = mu_stored = None
+      if only != "mu":
+        nu_stored = _store(
+            lax.add(lax.mul(r.decay, _cast(nu, rdt)), lax.mul(r.one_minus_decay, _abs_sq(g))),
+            nu.dtype, config, lambda: key(_NU),
+        )
+      if config.centered and only != "nu":
         mu_stored = _store(
             lax.add(lax.mul(c.decay, _cast(mu, cdt)), lax.mul(c.one_minus_decay, g)),
             mu.dtype, config, lambda: key(_MU),
         )
+      if only in ("nu", "mu"):
+        return (nu_stored, mu_stored, None), None
       u = _precondition(config, g_step, nu_stored, mu_stored, r, c, rdt)
       buf_stored = buf_new = None
       if lr is not None and use_momentum:
@@ -468,20 +472,24 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
         buf_stored = _store(lax.add(lax.mul(c.momentum, _cast(buf, cdt)), added), buf.dtype, config,
                             lambda: key(_MOMENTUM))
         buf_new = _cast(buf_stored, cdt)
+      if only == "trace":
+        return (nu_stored, mu_stored, buf_stored), None
       leaf = _Leaf(g_step, u, nu_stored, mu_stored, buf_new, r, c, rdt, leaf_decay, p, g_in.dtype)
       return (nu_stored, mu_stored, buf_stored), leaf
 
     # First the state, leaf by leaf; then the steps, which read it as stored.
     out_nu, out_mu, out_mom, leaves = [], [], [], []
     for index, (leaf_inputs, flag) in enumerate(zip(inputs, masks)):
-      (nu_stored, mu_stored, buf_stored), leaf = one_leaf(index, *leaf_inputs, flag, grads_again.get(index))
       if siblings[index]:
         *for_state, for_step = copies[index]
+        (nu_stored, _, buf_stored), _ = one_leaf(index, *leaf_inputs, flag, only="nu")
         if config.centered:
-          (_, mu_stored, _), _ = one_leaf(index, *for_state.pop(0), flag)
+          (_, mu_stored, _), _ = one_leaf(index, *for_state.pop(0), flag, only="mu")
         if for_state:
-          (_, _, buf_stored), _ = one_leaf(index, *for_state.pop(0), flag)
+          (_, _, buf_stored), _ = one_leaf(index, *for_state.pop(0), flag, only="trace")
         _, leaf = one_leaf(index, *for_step, flag)
+      else:
+        (nu_stored, mu_stored, buf_stored), leaf = one_leaf(index, *leaf_inputs, flag, grads_again.get(index))
       out_nu.append(nu_stored)
       if config.centered:
         out_mu.append(mu_stored)
