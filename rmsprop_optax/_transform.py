@@ -218,7 +218,8 @@ def _precondition(
   The step reads each buffer as stored. With float32 state this changes nothing; with a
   narrower one it costs at most half an ulp of the stored dtype (one ulp with stochastic
   rounding), and it lets XLA read the freshly written buffer instead of keeping a copy of
-  the old one to recompute from.
+  the old one to recompute from. (Where XLA:CPU merges sibling loops, the step recomputes
+  the buffers as stored, from its own copy of the old ones: the same values.)
   """
   cdt = g.dtype
   nu_hat = _cast(nu_stored, rdt)
@@ -396,8 +397,9 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     # Where XLA:CPU merges sibling loops (see _cpu_fuses_sibling_loops), each output of a leaf
     # is computed from inputs of its own, and XLA makes one loop of them. It merges only loops
     # whose outputs share a shape and a dtype, so a leaf's gradient, state and params (the
-    # step's loop writes the new params) must share one. Stochastic rounding is left out: its
-    # hash would run once per output.
+    # step's loop writes the new params, where apply_updates is in the same jit) must share
+    # one; without params, they are taken to have their gradients' dtype, as jax.grad gives
+    # them. Stochastic rounding is left out: its hash would run once per output.
     siblings = [False] * len(grads)
     if not config.stochastic_rounding and _cpu_fuses_sibling_loops():
       param_dtypes = [None] * len(grads)
