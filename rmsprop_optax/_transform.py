@@ -289,7 +289,7 @@ def _cpu_fuses_sibling_loops() -> bool:
   on, the update computes each of a leaf's outputs from its own copy of the old buffers (see
   _for_recomputing), so that they are siblings and XLA makes one loop of them: the same
   arithmetic (though XLA's code for one loop may round a few elements differently, by an
-  ulp). Where it is off, that would make XLA copy each old buffer before the loop that
+  ulp or a few). Where it is off, that would make XLA copy each old buffer before the loop that
   overwrites it, so the update keeps its default form.
 
   XLA reads the option from `XLA_FLAGS` when its CPU backend starts, so without it there the
@@ -413,7 +413,8 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     # The average reads the inputs themselves, and every other output a copy of its own: then
     # no two loops share a value (a coupled decay's g + weight_decay * p, the new average
     # that the momentum buffer and the step read), which XLA would write to a temporary.
-    n_copies = int(config.centered) + int(lr is not None and use_momentum) + 1
+    keep_trace = lr is not None and use_momentum  # scale_by_rms has no momentum buffer
+    n_copies = int(config.centered) + int(keep_trace) + 1
     copies = dict(zip(own, _for_recomputing([(inputs[i],) * n_copies for i in own])))
 
     # Coupled weight decay feeds g + weight_decay * p to the state's loops and to the step's:
@@ -469,7 +470,7 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
         return (nu_stored, mu_stored, None), None
       u = _precondition(config, g_step, nu_stored, mu_stored, r, c, rdt)
       buf_stored = buf_new = None
-      if lr is not None and use_momentum:
+      if keep_trace:
         added = lax.mul(c.lr, u) if config.lr_in_momentum else u
         buf_stored = _store(lax.add(lax.mul(c.momentum, _cast(buf, cdt)), added), buf.dtype, config,
                             lambda: key(_MOMENTUM))
@@ -483,13 +484,14 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     out_nu, out_mu, out_mom, leaves = [], [], [], []
     for index, (leaf_inputs, flag) in enumerate(zip(inputs, masks)):
       if siblings[index]:
-        *for_state, for_step = copies[index]
-        (nu_stored, _, buf_stored), _ = one_leaf(index, *leaf_inputs, flag, only="nu")
+        copy = iter(copies[index])
+        (nu_stored, _, _), _ = one_leaf(index, *leaf_inputs, flag, only="nu")
+        mu_stored = buf_stored = None
         if config.centered:
-          (_, mu_stored, _), _ = one_leaf(index, *for_state.pop(0), flag, only="mu")
-        if for_state:
-          (_, _, buf_stored), _ = one_leaf(index, *for_state.pop(0), flag, only="trace")
-        _, leaf = one_leaf(index, *for_step, flag)
+          (_, mu_stored, _), _ = one_leaf(index, *next(copy), flag, only="mu")
+        if keep_trace:
+          (_, _, buf_stored), _ = one_leaf(index, *next(copy), flag, only="trace")
+        _, leaf = one_leaf(index, *next(copy), flag)
       else:
         (nu_stored, mu_stored, buf_stored), leaf = one_leaf(index, *leaf_inputs, flag, grads_again.get(index))
       out_nu.append(nu_stored)
