@@ -80,8 +80,8 @@ def rmsprop(
       bias toward zero of averages that start at 0 (``initial_scale=0``). With a nonzero
       ``initial_scale`` it weighs that first value more, not less. With a decay schedule
       the divisor is 1 minus the product of the decays applied so far, which the state
-      keeps (as its log); with an injected decay, the current decay is used in
-      :math:`1 - \rho^t`.
+      keeps (as its log), and so it does for a decay given as a JAX array, which may
+      change between steps (as under `optax.inject_hyperparams`).
     weight_decay: :math:`\lambda >= 0`, or None (the default) for no weight decay; the Python
       number 0 also turns it off. Without it ``update`` needs no ``params``. (A default of 0
       would be injected as an array by `optax.inject_hyperparams` and keep decay on.)

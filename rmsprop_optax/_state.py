@@ -30,7 +30,8 @@ class RMSPropState(NamedTuple):
       changes the coefficient and leaves the buffer alone.
     log_decay_product: float32 scalar (float64 if ``jax_enable_x64`` was on at init), the
       log of the product of the decays applied so far, kept where ``bias_correction`` meets
-      a decay schedule: the averages started at 0 then fall short of the gradients' moments
+      a decay that may change (a schedule, or a JAX array, as `optax.inject_hyperparams`
+      passes it): the averages started at 0 then fall short of the gradients' moments
       by that product, not by the current decay to the power of the count. Else None. It
       comes last and defaults to None, so ``RMSPropState(count, nu, mu, trace)`` still
       builds a state (the README's Checkpointing section restores older checkpoints so).

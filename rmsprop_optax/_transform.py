@@ -73,10 +73,13 @@ def _keeps_count(config: _Config) -> bool:
 def _keeps_decay_product(config: _Config) -> bool:
   """Whether the state must carry the log of the decays' product: bias correction divides by
   1 - (product of the decays so far), which is 1 - decay**t only while the decay is constant.
-  A decay given as a number is constant (an injected one may change, but cannot be told apart
-  from a constant by its value); a schedule may change at any step.
+
+  The choice is made from the decay's type, never its value (which may be traced). A Python
+  or NumPy number is constant. A schedule may change at any step, and so may a JAX array:
+  `optax.inject_hyperparams` hands every number over as one, a schedule's value anew each
+  step, and lets a run set it between steps.
   """
-  return config.bias_correction and callable(config.decay)
+  return config.bias_correction and (callable(config.decay) or isinstance(config.decay, jax.Array))
 
 
 # Below log(smallest float64), about -745, exp is 0 in every float dtype.

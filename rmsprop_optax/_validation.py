@@ -240,7 +240,9 @@ _FIELDS = {
     "mu": ("an average of gradients", "centered=True", ""),
     "trace": ("a momentum buffer", "a momentum", ""),
     "log_decay_product": (
-        "the log of the decays' product", "bias_correction and a decay schedule",
+        "the log of the decays' product",
+        "bias_correction and a decay that may change (a schedule, or a JAX array such as "
+        "optax.inject_hyperparams passes)",
         " For a state restored from a checkpoint that predates the field, set it to the sum of "
         "the logs of the decays applied so far: state._replace(log_decay_product="
         "jnp.float32(sum(math.log(decay(i)) for i in range(int(state.count))))).",

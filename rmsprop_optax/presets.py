@@ -190,7 +190,11 @@ def optax(
     \quad b = u + \mu b
 
   with the learning-rate schedule evaluated at the count before the update, as Optax does.
-  As in Optax, ``nesterov`` without a momentum (None or 0) is the plain step.
+  As in Optax, ``nesterov`` without a momentum (None or 0) is the plain step. With
+  ``bias_correction`` and a decay that changes between steps (one injected by
+  `optax.inject_hyperparams` and set anew, or a schedule), the divisor is 1 minus the
+  product of the decays applied so far, where Optax takes the current decay to the power of
+  the count; while the decay stays constant the two agree, up to rounding.
   """
   # Optax builds no trace for momentum=None and a trace of decay 0 for momentum=0: either
   # way its Nesterov step is the plain one, and `rmsprop` would reject the flag.

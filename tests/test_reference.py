@@ -138,9 +138,38 @@ def test_bias_correction_under_a_decay_schedule_divides_by_one_minus_the_product
     helpers.assert_close_to_scale(
         helpers.run_optax(rmsprop(0.01, decay=schedule, **flags), problem, STEPS, use_jit=use_jit), expected
     )
-  # Under inject_hyperparams, a decay listed in static_args reaches rmsprop as the schedule.
-  injected = optax.inject_hyperparams(rmsprop, static_args=("decay",))(0.01, decay=schedule, **flags)
-  helpers.assert_close_to_scale(helpers.run_optax(injected, problem, STEPS, use_jit=True), expected)
+  # Under inject_hyperparams, a decay listed in static_args reaches rmsprop as the schedule;
+  # otherwise as one array per step, and the state keeps the product all the same.
+  for static_args in (("decay",), ()):
+    injected = optax.inject_hyperparams(rmsprop, static_args=static_args)(0.01, decay=schedule, **flags)
+    helpers.assert_close_to_scale(
+        helpers.run_optax(injected, problem, STEPS, use_jit=True), expected, what=f"static_args={static_args}"
+    )
+
+
+def test_bias_correction_follows_an_injected_decay_set_anew_mid_run():
+  # The same jump from 0.9 to 0.999 after 30 steps, made by setting the injected number.
+  problem = helpers.Quadratic(shapes=((6,), (2, 3)), seed=8, steps=STEPS, zero_first_step=True)
+  decays = np.where(np.arange(STEPS) < 30, 0.9, 0.999).astype(np.float32)
+  flags = dict(centered=True, momentum=0.5, bias_correction=True)
+  expected = _reference_run(
+      helpers.RefConfig(learning_rate=lambda t: 0.01, decay=lambda t: float(decays[t]), **flags), problem
+  )
+  opt = optax.inject_hyperparams(rmsprop)(0.01, decay=0.9, **flags)
+
+  @jax.jit
+  def train_step(params, state, grads):
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = [jnp.asarray(p) for p in problem.params()]
+  state = opt.init(params)
+  for t in range(STEPS):
+    if t == 30:
+      state = optax.tree_utils.tree_set(state, decay=jnp.float32(0.999))
+    grads = [jnp.asarray(g) for g in problem.grads([np.asarray(p) for p in params], t)]
+    params, state = train_step(params, state, grads)
+  helpers.assert_close_to_scale([np.asarray(p) for p in params], expected)
 
 
 # Decay schedules at the edges of [0, 1], one float32 decay per step.

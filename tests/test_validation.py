@@ -328,7 +328,8 @@ def test_structural_options_must_be_booleans(flag):
          "sum of the logs of the decays applied so far: state._replace(log_decay_product="),
         (dict(bias_correction=True, decay=helpers.constant_schedule(0.9)), dict(bias_correction=True),
          "the state holds the log of the decays' product (`log_decay_product`), which this optimizer, "
-         "not configured with bias_correction and a decay schedule, does not keep"),
+         "not configured with bias_correction and a decay that may change (a schedule, or a JAX array "
+         "such as optax.inject_hyperparams passes), does not keep"),
     ],
 )
 def test_a_state_from_another_configuration_is_named_not_misread(made_by, used_with, missing):
