@@ -45,10 +45,6 @@ def is_static_zero(value: Any) -> bool:
   return _is_number(value) and value == 0
 
 
-def _describe(value: Any) -> str:
-  return repr(value) if isinstance(value, (int, float)) else f"{value!r}"
-
-
 def _is_real_array(value: Any) -> bool:
   """An array (concrete or traced, of any shape) of real floating or integer numbers."""
   if not isinstance(value, (jax.Array, np.ndarray, np.generic, jax.core.Tracer)):
@@ -145,7 +141,7 @@ def check_unit_interval(fn: str, name: str, value: Any, meaning: str) -> None:
     return
   if not (0.0 <= number < 1.0):
     raise ValueError(
-        f"{fn}: `{name}` must be in [0, 1) ({meaning}), but got {name}={_describe(value)}. "
+        f"{fn}: `{name}` must be in [0, 1) ({meaning}), but got {name}={value!r}. "
         f"Pass a value such as 0.9 or 0.99; values near 1 give a longer memory."
         + _narrow_hint(value)
     )
@@ -159,7 +155,7 @@ def check_nonnegative(fn: str, name: str, value: Any, meaning: str) -> None:
   if not (math.isfinite(number) and number >= 0.0):
     raise ValueError(
         f"{fn}: `{name}` must be a finite number >= 0 ({meaning}), but got "
-        f"{name}={_describe(value)}. Pass a non-negative finite value."
+        f"{name}={value!r}. Pass a non-negative finite value."
     )
 
 
