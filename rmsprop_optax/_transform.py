@@ -363,7 +363,7 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       # 1 - (product of the decays so far) as -expm1(log of the product), accurate for decays
       # near 1 (where 1 - 0.999 * 0.999 in float32 loses digits), in the widest float JAX has
       # enabled (float64 under jax_enable_x64), then rounded per leaf. A constant decay's
-      # product is decay**t; a schedule's is summed in the state, one log per step.
+      # product is decay**t; one that may change is summed in the state, one log per step.
       wide = _wide_float()
       log_decay = jnp.log1p(-jnp.asarray(one_minus_decay, wide))
       if keep_decay_product:
@@ -623,8 +623,9 @@ def scale_by_rms(
 
   where :math:`m_t = \rho\, m_{t-1} + (1 - \rho)\, g_t` is kept only when ``centered`` (else
   the :math:`m` term is absent), and the hats divide by :math:`1 - \rho^t` when
-  ``bias_correction`` (else they are the plain averages). With a decay schedule they divide
-  by 1 minus the product of the decays so far, which the state keeps. The average remembers about
+  ``bias_correction`` (else they are the plain averages). With a decay schedule, or a decay
+  given as a JAX array (as `optax.inject_hyperparams` gives it), they divide by 1 minus the
+  product of the decays so far, which the state keeps. The average remembers about
   :math:`1 / (1 - \rho)` steps.
 
   Args:
@@ -634,7 +635,8 @@ def scale_by_rms(
     initial_scale: first value of :math:`v`: 0 (PyTorch, Keras, Optax) or 1 (TF1, timm).
     centered: divide by the root of the variance estimate :math:`v - m^2` (Graves, 2013).
     bias_correction: divide the averages by :math:`1 - \rho^t`, as Adam does (by 1 minus
-      the product of the decays so far with a decay schedule).
+      the product of the decays so far with a decay schedule, or a decay given as a JAX
+      array).
     nu_dtype: storage dtype of :math:`v` and :math:`m` (arithmetic is at least float32);
       None keeps the param's precision, at least float32.
     stochastic_rounding: round stochastically when storing state in a narrower dtype, so a

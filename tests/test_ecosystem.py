@@ -6,6 +6,7 @@ first step of each is also checked against the float64 reference.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -170,6 +171,10 @@ CHECKPOINT_CONFIGS = {
         0.02, decay=lambda count: 0.9 + 0.09 * (count >= 2).astype(jnp.float32), momentum=0.9,
         bias_correction=True,
     ),
+    # Injected numbers: the decay arrives as an array, so the state keeps the product.
+    "injected_bias_correction": lambda: optax.inject_hyperparams(rmsprop)(
+        0.02, decay=0.9, momentum=0.9, bias_correction=True
+    ),
 }
 
 
@@ -222,7 +227,7 @@ def test_flax_serialization_round_trip_continues_bitwise_identically(config):
   template_params = jax.tree.map(jnp.asarray, _problem_params())
   template = {"params": template_params, "opt_state": opt.init(template_params)}
   restored = serialization.from_bytes(template, saved)
-  assert isinstance(restored["opt_state"], RMSPropState)
+  assert type(restored["opt_state"]) is type(state)  # RMSPropState, or inject's state around one
   _assert_bitwise(restored, {"params": params, "opt_state": state})
   _assert_bitwise(_run(step, restored["params"], restored["opt_state"], 3, 3), uninterrupted)
 
@@ -245,7 +250,7 @@ def test_orbax_restored_run_continues_bitwise_identically(config, tmp_path):
   }
   for name, abstract in targets.items():
     restored = checkpointer.restore(tmp_path / "ckpt", abstract)
-    assert isinstance(restored["opt_state"], RMSPropState), name
+    assert type(restored["opt_state"]) is type(state), name
     # Equal tree structures: the same fields hold None (count, mu, momentum where unused).
     _assert_bitwise(restored, {"params": params, "opt_state": state})
     resumed = _run(step, restored["params"], restored["opt_state"], 4, 4)
@@ -291,6 +296,31 @@ def test_orbax_checkpoint_of_the_four_field_state_restores_as_the_readme_says(co
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   else:
     _assert_bitwise(_run(step, restored["params"], restored_state, 4, 4), uninterrupted)
+
+
+def test_orbax_checkpoint_of_an_injected_state_without_the_product_restores_as_the_readme_says(tmp_path):
+  # Saved before the state kept the decays' product for an injected decay: the field is None.
+  opt, step, params, state = _trained("injected_bias_correction", 4)
+  assert state.inner_state.log_decay_product is not None
+  saved = state._replace(inner_state=state.inner_state._replace(log_decay_product=None))
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "ckpt", {"params": params, "opt_state": saved})
+  checkpointer.wait_until_finished()
+  uninterrupted = _run(step, params, state, 4, 4)
+
+  # The README's recipe: restore into a target whose field is None, then set it.
+  abstract_params = jax.eval_shape(lambda: jax.tree.map(jnp.asarray, _problem_params()))
+  target = jax.eval_shape(opt.init, abstract_params)
+  target = target._replace(inner_state=target.inner_state._replace(log_decay_product=None))
+  restored = checkpointer.restore(tmp_path / "ckpt", {"params": abstract_params, "opt_state": target})
+  inner = restored["opt_state"].inner_state
+  assert int(inner.count) == 4
+  restored_state = restored["opt_state"]._replace(inner_state=inner._replace(
+      log_decay_product=jnp.float32(int(inner.count) * math.log(0.9))))
+  resumed = _run(step, restored["params"], restored_state, 4, 4)
+  assert jax.tree.structure(resumed) == jax.tree.structure(uninterrupted)
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
 def test_flax_bytes_of_the_four_field_state_restore_as_the_readme_says():
