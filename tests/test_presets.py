@@ -140,6 +140,19 @@ def test_optax_preset_matches_optax_rmsprop(kwargs):
   helpers.assert_close_to_scale(ours, expected)
 
 
+@pytest.mark.parametrize("centered", [False, True])
+def test_optax_preset_with_an_injected_constant_decay_matches_optax_under_bias_correction(centered):
+  # Injected, the decay is an array and our state sums the logs of the decays, where Optax
+  # takes the current decay to the power of the count: while it stays constant they agree.
+  problem = helpers.Quadratic(SHAPES, seed=58, steps=STEPS, zero_first_step=centered)
+  kwargs = dict(learning_rate=0.01, decay=0.99, eps=1e-6, centered=centered, momentum=0.9, bias_correction=True)
+  with helpers.standard_promotion():  # optax's bias correction mixes a float and the int32 count
+    expected = helpers.run_optax(optax_lib.inject_hyperparams(optax_lib.rmsprop)(**kwargs), problem, STEPS)
+  injected = optax_lib.inject_hyperparams(presets.optax)(**kwargs)
+  assert injected.init([np.zeros(3, np.float32)]).inner_state.log_decay_product is not None
+  helpers.assert_close_to_scale(helpers.run_optax(injected, problem, STEPS), expected)
+
+
 @pytest.mark.parametrize("momentum", [None, 0.0])
 def test_optax_preset_takes_nesterov_without_momentum_as_optax_does(momentum):
   # Optax accepts nesterov=True with no momentum or momentum 0, and runs the plain step.
