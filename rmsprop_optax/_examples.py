@@ -446,8 +446,8 @@ def rms_trace(grads: np.ndarray, *, decay: Any, **kwargs: Any) -> tuple[np.ndarr
   tx = rmsprop_optax.scale_by_rms(decay, **kwargs)
   if not kwargs.get("bias_correction"):
     return run_on_gradients(tx, jnp.asarray(grads), record=lambda u, state: (u, state.nu))
-  # The product of the decays: where the state keeps its log (a decay schedule), from that;
-  # else decay**t.
+  # The product of the decays: where the state keeps its log (a decay schedule, or one given
+  # as an array), from that; else decay**t.
   record = lambda u, state: (u, state.nu, state.count, state.log_decay_product)  # noqa: E731
   steps, nu, count, log_product = run_on_gradients(tx, jnp.asarray(grads), record=record)
   if log_product is not None:

@@ -76,8 +76,8 @@ def _keeps_decay_product(config: _Config) -> bool:
 
   The choice is made from the decay's type, never its value (which may be traced). A Python
   or NumPy number is constant. A schedule may change at any step, and so may a JAX array:
-  `optax.inject_hyperparams` hands every number over as one, a schedule's value anew each
-  step, and lets a run set it between steps.
+  `optax.inject_hyperparams` hands its float hyperparameters over as arrays, a schedule's
+  value anew each step, and lets a run set them between steps.
   """
   return config.bias_correction and (callable(config.decay) or isinstance(config.decay, jax.Array))
 

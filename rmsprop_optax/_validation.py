@@ -241,7 +241,8 @@ _FIELDS = {
         "optax.inject_hyperparams passes)",
         " For a state restored from a checkpoint that predates the field, set it to the sum of "
         "the logs of the decays applied so far: state._replace(log_decay_product="
-        "jnp.float32(sum(math.log(decay(i)) for i in range(int(state.count))))). Under "
+        "jnp.float32(sum(math.log(decay(i)) for i in range(int(state.count))))), or for a "
+        "constant decay given as an array, to int(state.count) * math.log(float(decay)). Under "
         "optax.inject_hyperparams, whose states saved before this field was kept for an "
         "injected decay lack it too, set it in state.inner_state, as the README's "
         "Checkpointing section shows.",

@@ -315,8 +315,9 @@ def test_orbax_checkpoint_of_an_injected_state_without_the_product_restores_as_t
   restored = checkpointer.restore(tmp_path / "ckpt", {"params": abstract_params, "opt_state": target})
   inner = restored["opt_state"].inner_state
   assert int(inner.count) == 4
+  decay = float(restored["opt_state"].hyperparams["decay"])
   restored_state = restored["opt_state"]._replace(inner_state=inner._replace(
-      log_decay_product=jnp.float32(int(inner.count) * math.log(0.9))))
+      log_decay_product=jnp.float32(int(inner.count) * math.log(decay))))
   resumed = _run(step, restored["params"], restored_state, 4, 4)
   assert jax.tree.structure(resumed) == jax.tree.structure(uninterrupted)
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True):

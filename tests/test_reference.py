@@ -172,6 +172,25 @@ def test_bias_correction_follows_an_injected_decay_set_anew_mid_run():
   helpers.assert_close_to_scale([np.asarray(p) for p in params], expected)
 
 
+@pytest.mark.parametrize(
+    "decay,keeps",
+    [(0.9, False), (np.float32(0.9), False), (np.asarray(0.9), False), (jnp.float32(0.9), True),
+     (helpers.constant_schedule(0.9), True)],
+    ids=["python-float", "numpy-scalar", "numpy-0d-array", "jax-array", "schedule"],
+)
+def test_the_state_keeps_the_decays_product_for_a_decay_that_may_change(decay, keeps):
+  # Chosen from the decay's type: a Python or NumPy number is constant, while a JAX array (as
+  # inject_hyperparams passes every float) or a schedule may change between steps. Either way
+  # the bias-corrected average of a constant gradient 2 is 4, and the step 2 / sqrt(4) = 1.
+  opt = scale_by_rms(decay=decay, eps=0.0, bias_correction=True)
+  g = jnp.full(3, 2.0, jnp.float32)
+  state = opt.init(g)
+  assert (state.log_decay_product is not None) == keeps
+  for _ in range(5):
+    updates, state = opt.update(g, state)
+  np.testing.assert_allclose(np.asarray(updates), 1.0, rtol=1e-6)
+
+
 # Decay schedules at the edges of [0, 1], one float32 decay per step.
 EDGE_DECAYS = {
     # A decay of 1 keeps the average as it is. Divided by 1 - decay**t from the current decay,
