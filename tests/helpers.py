@@ -238,11 +238,13 @@ class TimmRMSpropTFReference:
     return out
 
 
-def run_optax(opt, problem: Quadratic, steps: int, use_jit: bool = True) -> list:
+def run_optax(opt, problem: Quadratic, steps: int, use_jit: bool = True, set_state=None) -> list:
   """Runs an Optax transformation on `problem` for `steps` steps; returns NumPy params.
 
   Gradients come from NumPy at the optimizer's own current params, so whole trajectories are
   compared. With `use_jit` the train step is jitted with params and state donated.
+  `set_state(t, state)`, if given, returns the state step t starts from (to change an
+  injected hyperparameter mid-run, say).
   """
   import jax.numpy as jnp
   import optax
@@ -256,6 +258,8 @@ def run_optax(opt, problem: Quadratic, steps: int, use_jit: bool = True) -> list
   params = [jnp.asarray(p) for p in problem.params()]
   state = opt.init(params)
   for t in range(steps):
+    if set_state is not None:
+      state = set_state(t, state)
     grads = [jnp.asarray(g) for g in problem.grads([np.asarray(p) for p in params], t)]
     params, state = train_step(grads, state, params)
   return [np.asarray(p) for p in params]

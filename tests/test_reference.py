@@ -157,19 +157,10 @@ def test_bias_correction_follows_an_injected_decay_set_anew_mid_run():
   )
   opt = optax.inject_hyperparams(rmsprop)(0.01, decay=0.9, **flags)
 
-  @jax.jit
-  def train_step(params, state, grads):
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+  def set_state(t, state):
+    return optax.tree_utils.tree_set(state, decay=jnp.float32(0.999)) if t == 30 else state
 
-  params = [jnp.asarray(p) for p in problem.params()]
-  state = opt.init(params)
-  for t in range(STEPS):
-    if t == 30:
-      state = optax.tree_utils.tree_set(state, decay=jnp.float32(0.999))
-    grads = [jnp.asarray(g) for g in problem.grads([np.asarray(p) for p in params], t)]
-    params, state = train_step(params, state, grads)
-  helpers.assert_close_to_scale([np.asarray(p) for p in params], expected)
+  helpers.assert_close_to_scale(helpers.run_optax(opt, problem, STEPS, set_state=set_state), expected)
 
 
 @pytest.mark.parametrize(
