@@ -242,20 +242,45 @@ def _precondition(
   return lax.div(g, _cast(lax.add(lax.sqrt(variance), r.eps), cdt))
 
 
-class _Leaf(NamedTuple):
-  """One leaf between its state update and its step, in its compute dtypes."""
+# Where _staged's signature holds an array: its value is an argument of the staged call.
+_ARRAY = object()
 
-  g: jax.Array  # the gradient the step sees (weight decay coupled, sign flipped)
-  u: jax.Array  # g over the root of its second moment
-  nu_stored: jax.Array
-  mu_stored: jax.Array | None
-  buf_new: jax.Array | None
-  r: _Hyper
-  c: _Hyper
-  rdt: Any
-  weight_decay: Any  # this leaf's coefficient, None where it has none
-  p: Any
-  dtype: Any  # the update's dtype: the gradient's
+
+def _staged(fn: Callable, name: str) -> Callable:
+  """`fn`, traced and lowered once per signature inside a trace instead of once per call.
+
+  The update's arithmetic is the same for every leaf of one shape and dtype, but traced
+  inline it is traced and lowered anew for each leaf: for a tree of a thousand leaves that
+  was most of the time JAX spends before XLA starts. Staged through an inner `jax.jit`, it
+  is traced and lowered once per signature (its arrays' shapes, dtypes and weak types, and
+  the values of its other arguments), and each leaf calls it. XLA inlines the calls before
+  it optimises anything, so the compiled step is the same.
+
+  Only arrays become arguments of the staged call. The rest of a call's arguments (flags,
+  dtypes, and hyperparameters given as Python numbers, already NumPy scalars) are part of its
+  signature, so they reach the arithmetic as they would inline: numbers as literals, flags
+  as Python. Outside any trace (an update called eagerly) `fn` runs as it is.
+  """
+
+  def traced(signature, *arrays):
+    treedef, entries = signature
+    arrays = iter(arrays)
+    leaves = [next(arrays) if entry is _ARRAY else entry[1] for entry in entries]
+    return fn(*treedef.unflatten(leaves))
+
+  traced.__name__ = traced.__qualname__ = name
+  jitted = jax.jit(traced, static_argnums=0)
+
+  def call(*args):
+    leaves, treedef = jax.tree.flatten(args)
+    if not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+      return fn(*args)
+    is_array = [isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves]
+    # Each fixed value with its type, so that equal numbers of two dtypes stay apart.
+    entries = tuple(_ARRAY if array else (type(leaf), leaf) for leaf, array in zip(leaves, is_array))
+    return jitted((treedef, entries), *(leaf for leaf, array in zip(leaves, is_array) if array))
+
+  return call
 
 
 def _for_recomputing(buffers: list) -> list:
@@ -320,6 +345,87 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
   couple_decay = use_weight_decay and not config.decoupled_weight_decay
   keep_count = _keeps_count(config)
   keep_decay_product = _keeps_decay_product(config)
+  keep_trace = config.learning_rate is not None and use_momentum  # scale_by_rms has none
+
+  def leaf_weight_decay(flag, c, cdt):
+    """A leaf's weight decay coefficient in `cdt`, its mask entry applied; None where it has none."""
+    if not use_weight_decay or flag is False:
+      return None
+    if flag is True:
+      return c.weight_decay
+    return lax.mul(c.weight_decay, _cast(jnp.asarray(flag), cdt))  # a traced mask entry
+
+  def leaf_state(g_in, nu, mu, buf, p, flag, g_again, r, c, only, key=None):
+    """One leaf's new state, as stored, and what its step needs: the gradient the step sees
+    (decay coupled, sign flipped), that gradient preconditioned, and the new momentum buffer
+    in the compute dtype. Where `only` names one state buffer ("nu", "mu" or "trace"), that
+    buffer and what it needs, alone. `key(field)` gives stochastic rounding's stream keys."""
+    cdt = _compute_dtype(g_in.dtype, nu.dtype)
+    rdt = jnp.finfo(cdt).dtype
+    decay = leaf_weight_decay(flag, c, cdt)
+    coupled = couple_decay and decay is not None
+
+    def effective(g_in):
+      """The gradient the average sees: in the compute dtype, sign flipped, decay coupled."""
+      # lax, not jnp: the same arithmetic, without a jnp dispatch per operation.
+      g = _cast(g_in, cdt)
+      if config.maximize:
+        g = lax.neg(g)
+      if coupled:
+        g = lax.add(g, lax.mul(decay, _cast(p, cdt)))
+      return g
+
+    g = effective(g_in)
+    g_step = effective(g_again) if coupled and g_again is not None else g
+
+    nu_stored = mu_stored = buf_stored = None
+    if only != "mu":
+      nu_stored = _store(
+          lax.add(lax.mul(r.decay, _cast(nu, rdt)), lax.mul(r.one_minus_decay, _abs_sq(g))),
+          nu.dtype, config, lambda: key(_NU),
+      )
+    if config.centered and only != "nu":
+      mu_stored = _store(
+          lax.add(lax.mul(c.decay, _cast(mu, cdt)), lax.mul(c.one_minus_decay, g)),
+          mu.dtype, config, lambda: key(_MU),
+      )
+    if only in ("nu", "mu"):
+      return nu_stored, mu_stored, None, None, None, None
+    u = _precondition(config, g_step, nu_stored, mu_stored, r, c, rdt)
+    buf_new = None
+    if keep_trace:
+      added = lax.mul(c.lr, u) if config.lr_in_momentum else u
+      buf_stored = _store(lax.add(lax.mul(c.momentum, _cast(buf, cdt)), added), buf.dtype, config,
+                          lambda: key(_MOMENTUM))
+      buf_new = _cast(buf_stored, cdt)
+    return nu_stored, mu_stored, buf_stored, g_step, u, buf_new
+
+  def leaf_step(g_step, u, buf_new, again, p, flag, r, c, dtype):
+    """A leaf's update, in `dtype`, from what leaf_state gave; for Nesterov, `again` holds
+    the state as stored to precondition the gradient from a second time (None: use `u`)."""
+    if config.learning_rate is None:
+      step = u
+    elif not use_momentum:
+      # Multiplying by -lr flips the sign within the product (exactly: rounding is symmetric),
+      # which saves a negation per leaf.
+      step = lax.mul(c.neg_lr, u)
+    else:
+      step = buf_new
+      if config.nesterov:
+        if again is not None:
+          u = _precondition(config, g_step, *again, r, c, jnp.finfo(u.dtype).dtype)
+        step = lax.add(lax.mul(c.lr, u) if config.lr_in_momentum else u, lax.mul(c.momentum, step))
+      if not config.lr_in_momentum:
+        step = lax.mul(c.lr, step)
+      step = lax.neg(step)
+    decay = leaf_weight_decay(flag, c, u.dtype)
+    if config.learning_rate is not None and config.decoupled_weight_decay and decay is not None:
+      # Added after the sign flip, as (-lr * weight_decay) * p.
+      step = lax.add(step, lax.mul(lax.mul(c.neg_lr, decay), _cast(p, step.dtype)))
+    return _cast(step, dtype)
+
+  staged_state = _staged(leaf_state, f"{config.fn}_leaf_state")
+  staged_step = _staged(leaf_step, f"{config.fn}_leaf_step")
 
   def init_fn(params):
     _validation.check_init_params(config.fn, params)
@@ -416,7 +522,6 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     # The average reads the inputs themselves, and every other output a copy of its own: then
     # no two loops share a value (a coupled decay's g + weight_decay * p, the new average
     # that the momentum buffer and the step read), which XLA would write to a temporary.
-    keep_trace = lr is not None and use_momentum  # scale_by_rms has no momentum buffer
     n_copies = int(config.centered) + int(keep_trace) + 1
     copies = dict(zip(own, _for_recomputing([(inputs[i],) * n_copies for i in own])))
 
@@ -425,78 +530,41 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     shared = [i for i in range(len(grads)) if not siblings[i]] if couple_decay else []
     grads_again = dict(zip(shared, _for_recomputing([grads[i] for i in shared])))
 
-    def one_leaf(index, g_in, nu, mu, buf, p, flag, g_again=None, only=None):
-      """One leaf's new state, as stored, and what its step needs; or, where `only` names one
-      state buffer ("nu", "mu" or "trace"), that buffer and what it needs, traced alone."""
+    def hypers(g_in, nu):
+      """The hyperparameters in a leaf's real and (possibly complex) compute dtypes."""
       cdt = _compute_dtype(g_in.dtype, nu.dtype)
-      rdt = jnp.finfo(cdt).dtype
-      # The hyperparameters in the leaf's real and (possibly complex) compute dtypes.
-      for dtype in (rdt, cdt):
+      for dtype in (jnp.finfo(cdt).dtype, cdt):
         if dtype not in hyper_by_dtype:
           hyper_by_dtype[dtype] = hyper.in_dtype(dtype)
-      r, c = hyper_by_dtype[rdt], hyper_by_dtype[cdt]
+      return hyper_by_dtype[jnp.finfo(cdt).dtype], hyper_by_dtype[cdt]
+
+    # Each leaf of a shape shares one trace (see _staged), except with stochastic rounding,
+    # which draws each leaf's bits from a stream of its own: those are traced one by one.
+    def one_leaf(index, g_in, nu, mu, buf, p, flag, g_again=None, only=None):
+      args = (g_in, nu, mu, buf, p, flag, g_again, *hypers(g_in, nu), only)
+      if not config.stochastic_rounding:
+        return staged_state(*args)
       key = lambda field: _rounding.stream_key(config.seed, count, 3 * index + field)  # noqa: E731
+      return leaf_state(*args, key=key)
 
-      leaf_decay = None
-      if use_weight_decay and flag is not False:
-        leaf_decay = c.weight_decay
-        if flag is not True:  # a traced mask entry
-          leaf_decay = lax.mul(leaf_decay, _cast(jnp.asarray(flag), cdt))
-      coupled = couple_decay and leaf_decay is not None
-
-      def effective(g_in):
-        """The gradient the average sees: in the compute dtype, sign flipped, decay coupled."""
-        # lax, not jnp: the same arithmetic, without a jnp dispatch per operation, which
-        # makes tracing a tree of a thousand leaves markedly faster.
-        g = _cast(g_in, cdt)
-        if config.maximize:
-          g = lax.neg(g)
-        if coupled:
-          g = lax.add(g, lax.mul(leaf_decay, _cast(p, cdt)))
-        return g
-
-      g = effective(g_in)
-      g_step = effective(g_again) if coupled and g_again is not None else g
-
-      nu_stored = mu_stored = None
-      if only != "mu":
-        nu_stored = _store(
-            lax.add(lax.mul(r.decay, _cast(nu, rdt)), lax.mul(r.one_minus_decay, _abs_sq(g))),
-            nu.dtype, config, lambda: key(_NU),
-        )
-      if config.centered and only != "nu":
-        mu_stored = _store(
-            lax.add(lax.mul(c.decay, _cast(mu, cdt)), lax.mul(c.one_minus_decay, g)),
-            mu.dtype, config, lambda: key(_MU),
-        )
-      if only in ("nu", "mu"):
-        return (nu_stored, mu_stored, None), None
-      u = _precondition(config, g_step, nu_stored, mu_stored, r, c, rdt)
-      buf_stored = buf_new = None
-      if keep_trace:
-        added = lax.mul(c.lr, u) if config.lr_in_momentum else u
-        buf_stored = _store(lax.add(lax.mul(c.momentum, _cast(buf, cdt)), added), buf.dtype, config,
-                            lambda: key(_MOMENTUM))
-        buf_new = _cast(buf_stored, cdt)
-      if only == "trace":
-        return (nu_stored, mu_stored, buf_stored), None
-      leaf = _Leaf(g_step, u, nu_stored, mu_stored, buf_new, r, c, rdt, leaf_decay, p, g_in.dtype)
-      return (nu_stored, mu_stored, buf_stored), leaf
-
-    # First the state, leaf by leaf; then the steps, which read it as stored.
-    out_nu, out_mu, out_mom, leaves = [], [], [], []
+    # First the state, leaf by leaf; then the steps, which read it as stored. `step_inputs`
+    # holds the inputs each step reads: in the merged form, a copy of the leaf's own.
+    out_nu, out_mu, out_mom, leaves, step_inputs = [], [], [], [], []
     for index, (leaf_inputs, flag) in enumerate(zip(inputs, masks)):
       if siblings[index]:
         copy = iter(copies[index])
-        (nu_stored, _, _), _ = one_leaf(index, *leaf_inputs, flag, only="nu")
+        nu_stored, *_ = one_leaf(index, *leaf_inputs, flag, only="nu")
         mu_stored = buf_stored = None
         if config.centered:
-          (_, mu_stored, _), _ = one_leaf(index, *next(copy), flag, only="mu")
+          _, mu_stored, *_ = one_leaf(index, *next(copy), flag, only="mu")
         if keep_trace:
-          (_, _, buf_stored), _ = one_leaf(index, *next(copy), flag, only="trace")
-        _, leaf = one_leaf(index, *next(copy), flag)
+          _, _, buf_stored, *_ = one_leaf(index, *next(copy), flag, only="trace")
+        leaf_inputs = next(copy)
+        leaf = one_leaf(index, *leaf_inputs, flag)
       else:
-        (nu_stored, mu_stored, buf_stored), leaf = one_leaf(index, *leaf_inputs, flag, grads_again.get(index))
+        leaf = one_leaf(index, *leaf_inputs, flag, grads_again.get(index))
+        nu_stored, mu_stored, buf_stored = leaf[:3]
+      step_inputs.append(leaf_inputs)
       out_nu.append(nu_stored)
       if config.centered:
         out_mu.append(mu_stored)
@@ -507,32 +575,16 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     # Nesterov's step adds the preconditioned gradient to the new buffer, so it reads that
     # gradient a second time: recomputed from the state as stored (see _for_recomputing),
     # unless the leaf's step computes its state itself.
+    again = {}
     if config.nesterov:
       others = [i for i in range(len(leaves)) if not siblings[i]]
-      again = dict(zip(others, _for_recomputing([(leaves[i].nu_stored, leaves[i].mu_stored) for i in others])))
+      again = dict(zip(others, _for_recomputing([leaves[i][:2] for i in others])))
 
+    step_of = leaf_step if config.stochastic_rounding else staged_step
     out_updates = []
-    for index, leaf in enumerate(leaves):
-      c, u = leaf.c, leaf.u
-      if lr is None:
-        step = u
-      elif not use_momentum:
-        # Multiplying by -lr flips the sign within the product (exactly: rounding is symmetric),
-        # which saves a negation per leaf.
-        step = lax.mul(c.neg_lr, u)
-      else:
-        step = leaf.buf_new
-        if config.nesterov:
-          if not siblings[index]:
-            u = _precondition(config, leaf.g, *again[index], leaf.r, c, leaf.rdt)
-          step = lax.add(lax.mul(c.lr, u) if config.lr_in_momentum else u, lax.mul(c.momentum, step))
-        if not config.lr_in_momentum:
-          step = lax.mul(c.lr, step)
-        step = lax.neg(step)
-      if lr is not None and config.decoupled_weight_decay and leaf.weight_decay is not None:
-        # Added after the sign flip, as (-lr * weight_decay) * p.
-        step = lax.add(step, lax.mul(lax.mul(c.neg_lr, leaf.weight_decay), _cast(leaf.p, step.dtype)))
-      out_updates.append(_cast(step, leaf.dtype))
+    for index, (leaf, (g_in, nu, _, _, p), flag) in enumerate(zip(leaves, step_inputs, masks)):
+      _, _, _, g_step, u, buf_new = leaf
+      out_updates.append(step_of(g_step, u, buf_new, again.get(index), p, flag, *hypers(g_in, nu), g_in.dtype))
 
     unflatten = treedef.unflatten
     new_state = RMSPropState(

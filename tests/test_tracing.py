@@ -1,0 +1,211 @@
+"""Tracing: each leaf's arithmetic is traced once per signature, not once per leaf.
+
+Inside a trace the update stages each leaf's arithmetic through an inner `jax.jit`
+(`_transform._staged`), so a tree of a thousand leaves of a few shapes traces and lowers a
+few small functions instead of a thousand copies of them: most of the compile time JAX adds
+to XLA's. These tests check the mechanism in the jaxpr (one trace per signature, the flags and
+Python numbers part of it), that it changes no value (bitwise against the same update traced
+inline), and that the transformations a research loop wraps an update in (vmap, scan, grad
+through an injected learning rate) still give the float64 NumPy reference's results.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import helpers
+from rmsprop_optax import _transform, rmsprop, scale_by_rms
+
+# Three shapes, seven leaves each.
+SHAPES = [(8, 4), (5,), (3, 3)] * 7
+
+
+def _tree(seed: int, dtype=jnp.float32) -> dict:
+  rng = np.random.default_rng(seed)
+  return {f"leaf{i:02d}": jnp.asarray(rng.normal(size=shape), dtype) for i, shape in enumerate(SHAPES)}
+
+
+def _staged_calls(opt, params) -> collections.Counter:
+  """How many times the update calls each distinct staged function, by (name, trace)."""
+  jaxpr = jax.make_jaxpr(opt.update)(params, opt.init(params), params).jaxpr
+  calls = [eqn for eqn in jaxpr.eqns if eqn.params.get("name", "").startswith("rmsprop_leaf")]
+  return collections.Counter((eqn.params["name"], id(eqn.params["jaxpr"])) for eqn in calls)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(centered=True, momentum=0.9, nesterov=True, bias_correction=True),
+    dict(nu_dtype=jnp.bfloat16, momentum=0.9),
+], ids=["plain", "centered-nesterov-bias", "bf16-nu"])
+def test_each_shape_is_traced_once(kwargs):
+  calls = _staged_calls(rmsprop(0.01, **kwargs), _tree(0))
+  traces = collections.Counter(name for name, _ in calls)
+  # One trace of the state's arithmetic and one of the step's per shape, each called by
+  # every leaf of its shape.
+  assert traces == {"rmsprop_leaf_state": 3, "rmsprop_leaf_step": 3}, calls
+  assert sorted(calls.values()) == [7] * 6, calls
+
+
+def test_a_leafs_flags_are_part_of_its_signature():
+  """A weight-decay mask that differs between leaves of one shape gives them separate traces
+  (Python booleans decide the arithmetic at trace time); a mask given as arrays does not."""
+  params = _tree(0)
+  alternate = {name: i % 2 == 0 for i, name in enumerate(params)}
+  calls = _staged_calls(rmsprop(0.01, weight_decay=0.1, weight_decay_mask=alternate), params)
+  assert collections.Counter(name for name, _ in calls)["rmsprop_leaf_state"] == 6, calls
+  as_arrays = {name: jnp.asarray(flag) for name, flag in alternate.items()}
+  calls = _staged_calls(rmsprop(0.01, weight_decay=0.1, weight_decay_mask=as_arrays), params)
+  assert collections.Counter(name for name, _ in calls)["rmsprop_leaf_state"] == 3, calls
+
+
+def test_python_numbers_stay_literals_and_arrays_become_arguments():
+  """A learning rate given as a Python number is a constant of the staged function; the same
+  rate injected (an array, which may change between steps) is one of its arguments."""
+  params = {"w": jnp.ones((4, 3))}
+
+  def state_arguments(opt):
+    jaxpr = jax.make_jaxpr(opt.update)(params, opt.init(params), params).jaxpr
+    (call,) = [eqn for eqn in jaxpr.eqns if eqn.params.get("name") == "rmsprop_leaf_state"]
+    return len(call.invars)
+
+  # The gradient and the average; then also the decay, 1 - decay, eps and the learning rate
+  # (which the momentum-free state does not read: the step does).
+  assert state_arguments(rmsprop(0.01)) == 2
+  assert state_arguments(optax.inject_hyperparams(rmsprop)(learning_rate=0.01)) > 2
+
+
+def _inline(monkeypatch):
+  """Builds without staging: each leaf's arithmetic traced inline, as before staging."""
+  monkeypatch.setattr(_transform, "_staged", lambda fn, name: fn)
+
+
+MIXED = {
+    "w": np.random.default_rng(1).normal(size=(16, 8)).astype(np.float32),
+    "v": np.random.default_rng(6).normal(size=(16, 8)).astype(np.float32),
+    "b": np.random.default_rng(2).normal(size=(8,)).astype(np.float32),
+    "z": (np.random.default_rng(3).normal(size=(5,)) + 1j * np.random.default_rng(4).normal(size=(5,))).astype(np.complex64),
+    "h": np.random.default_rng(5).normal(size=(16, 8)).astype(jnp.bfloat16),
+}
+
+EQUIVALENCE_CASES = {
+    "many-flags": lambda: rmsprop(
+        0.01, centered=True, momentum=0.9, nesterov=True, bias_correction=True, weight_decay=0.1,
+        maximize=True, eps_in_sqrt=False, lr_in_momentum=False,
+        weight_decay_mask={"w": True, "v": False, "b": False, "z": True, "h": jnp.asarray(True)},
+    ),
+    "decoupled-bf16-state": lambda: rmsprop(
+        0.01, momentum=0.9, weight_decay=0.1, decoupled_weight_decay=True, nu_dtype=jnp.bfloat16,
+        momentum_dtype=jnp.bfloat16,
+    ),
+    # float32 hyperparameters: Optax cannot pick one dtype for mixed params under strict promotion.
+    "injected": lambda: optax.inject_hyperparams(rmsprop, hyperparam_dtype=jnp.float32)(
+        learning_rate=optax.linear_schedule(0.01, 0.001, 4), decay=0.95, centered=True, momentum=0.9,
+        nesterov=True, weight_decay=0.1, bias_correction=True,
+    ),
+    "scale-by-rms": lambda: optax.chain(scale_by_rms(centered=True, bias_correction=True), optax.scale(-0.01)),
+}
+
+
+@pytest.mark.parametrize("case", list(EQUIVALENCE_CASES))
+def test_staging_changes_no_value(case, monkeypatch):
+  """Three jitted steps of a tree of real, complex and bfloat16 leaves (three of one shape: two
+  decayed differently, one of another dtype), staged and inline: the same bits in every
+  update and state."""
+  params = {k: jnp.asarray(v) for k, v in MIXED.items()}
+  grads = [jax.tree.map(lambda p, s=s: (p * (0.3 + s)).astype(p.dtype), params) for s in range(3)]
+
+  def run():
+    opt = EQUIVALENCE_CASES[case]()
+    step = jax.jit(opt.update)
+    state, out = opt.init(params), []
+    for g in grads:
+      updates, state = step(g, state, params)
+      out.append((updates, state))
+    return jax.tree.map(np.asarray, out)
+
+  staged = run()
+  _inline(monkeypatch)
+  inline = run()
+  for a, b in zip(jax.tree.leaves(staged), jax.tree.leaves(inline)):
+    assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+# The reference's configuration for rmsprop(0.01, centered=True, momentum=0.9, weight_decay=0.1).
+REF = helpers.RefConfig(learning_rate=lambda t: 0.01, centered=True, momentum=0.9, weight_decay=0.1)
+STEPS = 6
+
+
+def _grads(examples: int) -> np.ndarray:
+  """Gradients [step, example, 5, 3], fixed in advance (the reference steps on given ones)."""
+  return np.random.default_rng(7).normal(size=(STEPS, examples, 5, 3)).astype(np.float32)
+
+
+def _reference(params: np.ndarray, grads: np.ndarray) -> np.ndarray:
+  """Each example's params after every step, from the float64 NumPy reference."""
+  out = []
+  for e in range(params.shape[0]):
+    ref, p = helpers.ReferenceRMSProp(REF, [params[e]]), [params[e]]
+    for t in range(STEPS):
+      p = ref.step(p, [grads[t, e]])
+    out.append(p[0])
+  return np.stack(out)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_vmap_over_independent_runs_matches_the_reference(jit):
+  """Several runs batched with vmap (a hyperparameter sweep, say), outside and inside jit."""
+  opt = rmsprop(0.01, centered=True, momentum=0.9, weight_decay=0.1)
+  params = np.random.default_rng(8).normal(size=(3, 5, 3)).astype(np.float32)
+  grads = _grads(3)
+
+  def step(p, state, g):
+    updates, state = opt.update(g, state, p)
+    return optax.apply_updates(p, updates), state
+
+  step = jax.vmap(step)
+  step = jax.jit(step) if jit else step
+  p, state = jnp.asarray(params), jax.vmap(opt.init)(jnp.asarray(params))
+  for t in range(STEPS):
+    p, state = step(p, state, jnp.asarray(grads[t]))
+  helpers.assert_close_to_scale([np.asarray(p)], [_reference(params, grads)], what="vmap")
+
+
+def test_scan_over_steps_matches_the_reference():
+  opt = rmsprop(0.01, centered=True, momentum=0.9, weight_decay=0.1)
+  params = np.random.default_rng(8).normal(size=(1, 5, 3)).astype(np.float32)
+  grads = _grads(1)
+
+  def body(carry, g):
+    p, state = carry
+    updates, state = opt.update(g, state, p)
+    return (optax.apply_updates(p, updates), state), None
+
+  p0 = jnp.asarray(params[0])
+  (p, _), _ = jax.jit(lambda g: jax.lax.scan(body, (p0, opt.init(p0)), g))(jnp.asarray(grads[:, 0]))
+  helpers.assert_close_to_scale([np.asarray(p)], [_reference(params, grads)[0]], what="scan")
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_gradient_through_an_injected_learning_rate(jit):
+  """d(sum of the new params)/d(learning rate) after one plain step is -sum(u), with u the
+  gradient over the root of its average (computed here in float64): it flows through the
+  staged functions' differentiation rules."""
+  rng = np.random.default_rng(9)
+  params, grads = rng.normal(size=(2, 4, 6)).astype(np.float32)
+
+  def new_params_sum(lr):
+    opt = optax.inject_hyperparams(rmsprop)(learning_rate=lr, decay=0.9, eps=1e-8)
+    updates, _ = opt.update(jnp.asarray(grads), opt.init(jnp.asarray(params)), jnp.asarray(params))
+    return jnp.sum(optax.apply_updates(jnp.asarray(params), updates))
+
+  grad = jax.grad(new_params_sum)
+  grad = jax.jit(grad) if jit else grad
+  g = grads.astype(np.float64)
+  expected = -np.sum(g / np.sqrt(0.1 * g**2 + 1e-8))
+  np.testing.assert_allclose(float(grad(jnp.float32(0.01))), expected, rtol=1e-5)
