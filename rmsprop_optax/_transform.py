@@ -343,13 +343,15 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
   use_momentum = config.momentum is not None
   use_weight_decay = config.weight_decay is not None
   couple_decay = use_weight_decay and not config.decoupled_weight_decay
+  # A decoupled decay is part of the step, scaled by the learning rate.
+  decouple_decay = use_weight_decay and config.decoupled_weight_decay and config.learning_rate is not None
   keep_count = _keeps_count(config)
   keep_decay_product = _keeps_decay_product(config)
-  keep_trace = config.learning_rate is not None and use_momentum  # scale_by_rms has none
+  keep_trace = config.learning_rate is not None and use_momentum
 
   def leaf_weight_decay(flag, c, cdt):
     """A leaf's weight decay coefficient in `cdt`, its mask entry applied; None where it has none."""
-    if not use_weight_decay or flag is False:
+    if flag is False:
       return None
     if flag is True:
       return c.weight_decay
@@ -362,8 +364,8 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     buffer and what it needs, alone. `key(field)` gives stochastic rounding's stream keys."""
     cdt = _compute_dtype(g_in.dtype, nu.dtype)
     rdt = jnp.finfo(cdt).dtype
-    decay = leaf_weight_decay(flag, c, cdt)
-    coupled = couple_decay and decay is not None
+    decay = leaf_weight_decay(flag, c, cdt) if couple_decay else None
+    coupled = decay is not None
 
     def effective(g_in):
       """The gradient the average sees: in the compute dtype, sign flipped, decay coupled."""
@@ -418,8 +420,8 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       if not config.lr_in_momentum:
         step = lax.mul(c.lr, step)
       step = lax.neg(step)
-    decay = leaf_weight_decay(flag, c, u.dtype)
-    if config.learning_rate is not None and config.decoupled_weight_decay and decay is not None:
+    decay = leaf_weight_decay(flag, c, u.dtype) if decouple_decay else None
+    if decay is not None:
       # Added after the sign flip, as (-lr * weight_decay) * p.
       step = lax.add(step, lax.mul(lax.mul(c.neg_lr, decay), _cast(p, step.dtype)))
     return _cast(step, dtype)
