@@ -426,6 +426,29 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       step = lax.add(step, lax.mul(lax.mul(c.neg_lr, decay), _cast(p, step.dtype)))
     return _cast(step, dtype)
 
+  def leaf_update(inputs, copies, flag, g_again, r, c, dtype, key=None):
+    """A leaf's new state, as stored, and its update. `inputs` are its gradient, state and
+    param; in the merged form (see _cpu_fuses_sibling_loops), `copies` holds the copies of
+    them that the mean, the momentum buffer and the step each compute from."""
+    if copies is None:
+      nu_stored, mu_stored, buf_stored, g_step, u, buf_new = leaf_state(
+          *inputs, flag, g_again, r, c, None, key
+      )
+    else:
+      copy = iter(copies)
+      nu_stored = leaf_state(*inputs, flag, None, r, c, "nu", key)[0]
+      mu_stored = buf_stored = None
+      if config.centered:
+        mu_stored = leaf_state(*next(copy), flag, None, r, c, "mu", key)[1]
+      if keep_trace:
+        buf_stored = leaf_state(*next(copy), flag, None, r, c, "trace", key)[2]
+      inputs = next(copy)
+      *_, g_step, u, buf_new = leaf_state(*inputs, flag, None, r, c, None, key)
+    update = leaf_step(g_step, u, buf_new, None, inputs[4], flag, r, c, dtype)
+    return nu_stored, mu_stored, buf_stored, update
+
+  # A leaf's state and its step are staged apart only for Nesterov's barrier between them.
+  staged_update = _staged(leaf_update, f"{config.fn}_leaf_update")
   staged_state = _staged(leaf_state, f"{config.fn}_leaf_state")
   staged_step = _staged(leaf_step, f"{config.fn}_leaf_step")
 
@@ -542,51 +565,43 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
 
     # Each leaf of a shape shares one trace (see _staged), except with stochastic rounding,
     # which draws each leaf's bits from a stream of its own: those are traced one by one.
-    def one_leaf(index, g_in, nu, mu, buf, p, flag, g_again=None, only=None):
-      args = (g_in, nu, mu, buf, p, flag, g_again, *hypers(g_in, nu), only)
+    def state_of(staged_fn, fn, index, *args):
       if not config.stochastic_rounding:
-        return staged_state(*args)
-      key = lambda field: _rounding.stream_key(config.seed, count, 3 * index + field)  # noqa: E731
-      return leaf_state(*args, key=key)
+        return staged_fn(*args)
+      return fn(*args, key=lambda field: _rounding.stream_key(config.seed, count, 3 * index + field))
 
-    # First the state, leaf by leaf; then the steps, which read it as stored. `step_inputs`
-    # holds the inputs each step reads: in the merged form, a copy of the leaf's own.
-    out_nu, out_mu, out_mom, leaves, step_inputs = [], [], [], [], []
+    # A leaf's state and step in one call, except where Nesterov's step needs the state
+    # through a barrier: those leaves' steps come after every state (see below).
+    out_nu, out_mu, out_mom, out_updates, nesterov_leaves = [], [], [], [], {}
     for index, (leaf_inputs, flag) in enumerate(zip(inputs, masks)):
-      if siblings[index]:
-        copy = iter(copies[index])
-        nu_stored, *_ = one_leaf(index, *leaf_inputs, flag, only="nu")
-        mu_stored = buf_stored = None
-        if config.centered:
-          _, mu_stored, *_ = one_leaf(index, *next(copy), flag, only="mu")
-        if keep_trace:
-          _, _, buf_stored, *_ = one_leaf(index, *next(copy), flag, only="trace")
-        leaf_inputs = next(copy)
-        leaf = one_leaf(index, *leaf_inputs, flag)
+      g_in, nu = leaf_inputs[:2]
+      r, c = hypers(g_in, nu)
+      if config.nesterov and not siblings[index]:
+        nu_stored, mu_stored, buf_stored, *leaf = state_of(
+            staged_state, leaf_state, index, *leaf_inputs, flag, grads_again.get(index), r, c, None
+        )
+        nesterov_leaves[index] = (nu_stored, mu_stored, *leaf)
+        update = None
       else:
-        leaf = one_leaf(index, *leaf_inputs, flag, grads_again.get(index))
-        nu_stored, mu_stored, buf_stored = leaf[:3]
-      step_inputs.append(leaf_inputs)
+        nu_stored, mu_stored, buf_stored, update = state_of(
+            staged_update, leaf_update, index, leaf_inputs, copies.get(index), flag,
+            grads_again.get(index), r, c, g_in.dtype,
+        )
       out_nu.append(nu_stored)
       if config.centered:
         out_mu.append(mu_stored)
       if buf_stored is not None:
         out_mom.append(buf_stored)
-      leaves.append(leaf)
+      out_updates.append(update)
 
     # Nesterov's step adds the preconditioned gradient to the new buffer, so it reads that
-    # gradient a second time: recomputed from the state as stored (see _for_recomputing),
-    # unless the leaf's step computes its state itself.
-    again = {}
-    if config.nesterov:
-      others = [i for i in range(len(leaves)) if not siblings[i]]
-      again = dict(zip(others, _for_recomputing([leaves[i][:2] for i in others])))
-
-    step_of = leaf_step if config.stochastic_rounding else staged_step
-    out_updates = []
-    for index, (leaf, (g_in, nu, _, _, p), flag) in enumerate(zip(leaves, step_inputs, masks)):
-      _, _, _, g_step, u, buf_new = leaf
-      out_updates.append(step_of(g_step, u, buf_new, again.get(index), p, flag, *hypers(g_in, nu), g_in.dtype))
+    # gradient a second time: recomputed from the state as stored (see _for_recomputing).
+    # The step rounds nothing stochastically, so it is staged with stochastic rounding too.
+    stored = _for_recomputing([leaf[:2] for leaf in nesterov_leaves.values()])
+    for (index, leaf), again in zip(nesterov_leaves.items(), stored):
+      (g_in, nu, _, _, p), flag = inputs[index], masks[index]
+      _, _, g_step, u, buf_new = leaf
+      out_updates[index] = staged_step(g_step, u, buf_new, again, p, flag, *hypers(g_in, nu), g_in.dtype)
 
     unflatten = treedef.unflatten
     new_state = RMSPropState(
