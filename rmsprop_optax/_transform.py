@@ -357,11 +357,10 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       return c.weight_decay
     return lax.mul(c.weight_decay, _cast(jnp.asarray(flag), cdt))  # a traced mask entry
 
-  def leaf_state(g_in, nu, mu, buf, p, flag, g_again, r, c, only, key=None):
+  def leaf_state(g_in, nu, mu, buf, p, flag, g_again, r, c, key=None):
     """One leaf's new state, as stored, and what its step needs: the gradient the step sees
     (decay coupled, sign flipped), that gradient preconditioned, and the new momentum buffer
-    in the compute dtype. Where `only` names one state buffer ("nu", "mu" or "trace"), that
-    buffer and what it needs, alone. `key(field)` gives stochastic rounding's stream keys."""
+    in the compute dtype. `key(field)` gives stochastic rounding's stream keys."""
     cdt = _compute_dtype(g_in.dtype, nu.dtype)
     rdt = jnp.finfo(cdt).dtype
     decay = leaf_weight_decay(flag, c, cdt) if couple_decay else None
@@ -380,21 +379,17 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     g = effective(g_in)
     g_step = effective(g_again) if coupled and g_again is not None else g
 
-    nu_stored = mu_stored = buf_stored = None
-    if only != "mu":
-      nu_stored = _store(
-          lax.add(lax.mul(r.decay, _cast(nu, rdt)), lax.mul(r.one_minus_decay, _abs_sq(g))),
-          nu.dtype, config, lambda: key(_NU),
-      )
-    if config.centered and only != "nu":
+    nu_stored = _store(
+        lax.add(lax.mul(r.decay, _cast(nu, rdt)), lax.mul(r.one_minus_decay, _abs_sq(g))),
+        nu.dtype, config, lambda: key(_NU),
+    )
+    mu_stored = buf_stored = buf_new = None
+    if config.centered:
       mu_stored = _store(
           lax.add(lax.mul(c.decay, _cast(mu, cdt)), lax.mul(c.one_minus_decay, g)),
           mu.dtype, config, lambda: key(_MU),
       )
-    if only in ("nu", "mu"):
-      return nu_stored, mu_stored, None, None, None, None
     u = _precondition(config, g_step, nu_stored, mu_stored, r, c, rdt)
-    buf_new = None
     if keep_trace:
       added = lax.mul(c.lr, u) if config.lr_in_momentum else u
       buf_stored = _store(lax.add(lax.mul(c.momentum, _cast(buf, cdt)), added), buf.dtype, config,
@@ -429,21 +424,20 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
   def leaf_update(inputs, copies, flag, g_again, r, c, dtype, key=None):
     """A leaf's new state, as stored, and its update. `inputs` are its gradient, state and
     param; in the merged form (see _cpu_fuses_sibling_loops), `copies` holds the copies of
-    them that the mean, the momentum buffer and the step each compute from."""
+    them that the mean, the momentum buffer and the step each compute from (each call takes
+    one output; XLA drops the rest of its arithmetic)."""
     if copies is None:
-      nu_stored, mu_stored, buf_stored, g_step, u, buf_new = leaf_state(
-          *inputs, flag, g_again, r, c, None, key
-      )
+      nu_stored, mu_stored, buf_stored, g_step, u, buf_new = leaf_state(*inputs, flag, g_again, r, c, key)
     else:
       copy = iter(copies)
-      nu_stored = leaf_state(*inputs, flag, None, r, c, "nu", key)[0]
+      nu_stored = leaf_state(*inputs, flag, None, r, c)[0]
       mu_stored = buf_stored = None
       if config.centered:
-        mu_stored = leaf_state(*next(copy), flag, None, r, c, "mu", key)[1]
+        mu_stored = leaf_state(*next(copy), flag, None, r, c)[1]
       if keep_trace:
-        buf_stored = leaf_state(*next(copy), flag, None, r, c, "trace", key)[2]
+        buf_stored = leaf_state(*next(copy), flag, None, r, c)[2]
       inputs = next(copy)
-      *_, g_step, u, buf_new = leaf_state(*inputs, flag, None, r, c, None, key)
+      *_, g_step, u, buf_new = leaf_state(*inputs, flag, None, r, c)
     update = leaf_step(g_step, u, buf_new, None, inputs[4], flag, r, c, dtype)
     return nu_stored, mu_stored, buf_stored, update
 
@@ -580,9 +574,9 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       r, c = hypers(g_in, nu)
       if config.nesterov and not siblings[index]:
         nu_stored, mu_stored, buf_stored, *leaf = state_of(
-            staged_state, leaf_state, index, *leaf_inputs, flag, grads_again.get(index), r, c, None
+            staged_state, leaf_state, index, *leaf_inputs, flag, grads_again.get(index), r, c
         )
-        nesterov_leaves[index] = (nu_stored, mu_stored, *leaf)
+        nesterov_leaves[index] = (nu_stored, mu_stored, *leaf, r, c)
         update = None
       else:
         nu_stored, mu_stored, buf_stored, update = state_of(
@@ -601,9 +595,9 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     # The step rounds nothing stochastically, so it is staged with stochastic rounding too.
     stored = _for_recomputing([leaf[:2] for leaf in nesterov_leaves.values()])
     for (index, leaf), again in zip(nesterov_leaves.items(), stored):
-      (g_in, nu, _, _, p), flag = inputs[index], masks[index]
-      _, _, g_step, u, buf_new = leaf
-      out_updates[index] = staged_step(g_step, u, buf_new, again, p, flag, *hypers(g_in, nu), g_in.dtype)
+      _, _, g_step, u, buf_new, r, c = leaf
+      g_in, p = inputs[index][0], inputs[index][4]
+      out_updates[index] = staged_step(g_step, u, buf_new, again, p, masks[index], r, c, g_in.dtype)
 
     unflatten = treedef.unflatten
     new_state = RMSPropState(
