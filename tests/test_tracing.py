@@ -26,9 +26,9 @@ from rmsprop_optax import _transform, rmsprop, scale_by_rms
 SHAPES = [(8, 4), (5,), (3, 3)] * 7
 
 
-def _tree(seed: int, dtype=jnp.float32) -> dict:
+def _tree(seed: int) -> dict:
   rng = np.random.default_rng(seed)
-  return {f"leaf{i:02d}": jnp.asarray(rng.normal(size=shape), dtype) for i, shape in enumerate(SHAPES)}
+  return {f"leaf{i:02d}": jnp.asarray(rng.normal(size=shape), jnp.float32) for i, shape in enumerate(SHAPES)}
 
 
 def _staged_calls(opt, params) -> collections.Counter:
