@@ -189,15 +189,19 @@ def _leaf_mask(fn: str, mask: Any, updates: Any, params: Any) -> list[Any]:
     return [True] * treedef.num_leaves
   if callable(mask):
     mask = mask(params)
-  if isinstance(mask, (jax.Array, jax.core.Tracer)) and treedef.num_leaves != 1:
+  if treedef.num_leaves > 1 and jax.tree_util.treedef_is_leaf(jax.tree.structure(mask)):
     # optax.inject_hyperparams takes any callable for a schedule: it calls a mask function
-    # with the step count and passes on what comes back, one array for the whole tree.
+    # with the step count and passes on what comes back, one value for the whole tree (a
+    # Python bool from `lambda p: jax.tree.map(lambda x: x.ndim > 1, p)`), which would
+    # silently decay every leaf or none. A single flag for many leaves says nothing a mask
+    # is needed for, so it is refused wherever it comes from.
     raise TypeError(
-        f"{fn}: `weight_decay_mask` must be a tree of booleans shaped like the params, or a "
-        f"callable that returns one, but got a single array ({mask!r}) for params with "
-        f"{treedef.num_leaves} leaves. Under optax.inject_hyperparams, which calls every "
-        "callable argument with the step count, list 'weight_decay_mask' in its static_args; "
-        "otherwise pass True or False to decay every leaf or none."
+        f"{fn}: `weight_decay_mask` must be a tree of booleans shaped like the params (or a "
+        f"prefix of it), or a callable that returns one, but got the single value {mask!r} "
+        f"for params with {treedef.num_leaves} leaves. Under optax.inject_hyperparams, "
+        "which calls every callable argument with the step count, list 'weight_decay_mask' "
+        "in its static_args. To decay every leaf, leave the mask out; to decay none, pass "
+        "weight_decay=None."
     )
   # `mask` may be a prefix of the params tree: broadcast each flag over its subtree.
   try:
@@ -468,10 +472,16 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args  # accepted, as by Optax's own optimizers (a loss value, say), and unused
+    # A state that sums the decays' logs goes on summing them when the decay turns constant:
+    # outside jit, optax.inject_hyperparams passes a Python number set with tree_set (a decay
+    # of 0 rather than 0.0, say) on as it is, and the product so far must not be lost.
+    sums_logs = keep_decay_product or (
+        config.bias_correction and getattr(state, "log_decay_product", None) is not None
+    )
     _validation.check_state(
         config.fn, state, RMSPropState,
         {"count": keep_count, "mu": config.centered, "trace": use_momentum,
-         "log_decay_product": keep_decay_product},
+         "log_decay_product": sums_logs},
     )
     _validation.check_update_inputs(
         config.fn, updates, state.nu, params,
@@ -493,7 +503,7 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       # product is decay**t; one that may change is summed in the state, one log per step.
       wide = _wide_float()
       log_decay = jnp.log1p(-jnp.asarray(one_minus_decay, wide))
-      if keep_decay_product:
+      if sums_logs:
         stored = state.log_decay_product
         log_product = lax.add(stored.astype(wide), log_decay)
         # Stored finite, since a decay of 0 makes the log -inf (any floor below the log of the

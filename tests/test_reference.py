@@ -147,20 +147,30 @@ def test_bias_correction_under_a_decay_schedule_divides_by_one_minus_the_product
     )
 
 
-def test_bias_correction_follows_an_injected_decay_set_anew_mid_run():
-  # The same jump from 0.9 to 0.999 after 30 steps, made by setting the injected number.
+@pytest.mark.parametrize(
+    "new_decay,use_jit",
+    [(jnp.float32(0.999), True), (jnp.float32(0.999), False), (0, True), (0, False)],
+    ids=["array-jit", "array-eager", "python-int-jit", "python-int-eager"],
+)
+def test_bias_correction_follows_an_injected_decay_set_anew_mid_run(new_decay, use_jit):
+  # A jump after 30 steps, made by setting the injected number. inject_hyperparams passes a
+  # Python int on as it is, so outside jit the update then sees a constant decay of 0: the
+  # state's product of the decays so far still holds, and goes on (to 0). (Not centered
+  # there: with a decay of 0 the variance estimate g**2 - g**2 is 0 and the steps blow up.)
   problem = helpers.Quadratic(shapes=((6,), (2, 3)), seed=8, steps=STEPS, zero_first_step=True)
-  decays = np.where(np.arange(STEPS) < 30, 0.9, 0.999).astype(np.float32)
-  flags = dict(centered=True, momentum=0.5, bias_correction=True)
+  decays = np.where(np.arange(STEPS) < 30, 0.9, np.float32(new_decay)).astype(np.float32)
+  flags = dict(centered=not isinstance(new_decay, int), momentum=0.5, bias_correction=True)
   expected = _reference_run(
       helpers.RefConfig(learning_rate=lambda t: 0.01, decay=lambda t: float(decays[t]), **flags), problem
   )
   opt = optax.inject_hyperparams(rmsprop)(0.01, decay=0.9, **flags)
 
   def set_state(t, state):
-    return optax.tree_utils.tree_set(state, decay=jnp.float32(0.999)) if t == 30 else state
+    return optax.tree_utils.tree_set(state, decay=new_decay) if t == 30 else state
 
-  helpers.assert_close_to_scale(helpers.run_optax(opt, problem, STEPS, set_state=set_state), expected)
+  helpers.assert_close_to_scale(
+      helpers.run_optax(opt, problem, STEPS, use_jit=use_jit, set_state=set_state), expected
+  )
 
 
 @pytest.mark.parametrize(

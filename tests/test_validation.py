@@ -239,14 +239,17 @@ def test_update_rejects_a_weight_decay_mask_that_does_not_fit_the_params():
       opt.update(params, state, params)
 
 
-def test_a_callable_mask_under_inject_hyperparams_needs_static_args():
+@pytest.mark.parametrize("as_array", [True, False], ids=["returns-array", "returns-python-bool"])
+def test_a_callable_mask_under_inject_hyperparams_needs_static_args(as_array):
   params = {"w": jnp.ones((2, 2), jnp.float32), "b": jnp.ones(2, jnp.float32)}
   zeros = jax.tree.map(jnp.zeros_like, params)
-  mask = lambda p: jax.tree.map(lambda x: jnp.asarray(x.ndim > 1), p)  # noqa: E731
-  # inject_hyperparams calls the mask with the step count: one array comes back.
+  flag = jnp.asarray if as_array else bool
+  mask = lambda p: jax.tree.map(lambda x: flag(x.ndim > 1), p)  # noqa: E731
+  # inject_hyperparams calls the mask with the step count: one value comes back (False: the
+  # count has no dimensions), which would turn weight decay off for every leaf unnoticed.
   injected = optax.inject_hyperparams(rmsprop)(learning_rate=0.1, weight_decay=0.5, weight_decay_mask=mask,
                                                decoupled_weight_decay=True)
-  with pytest.raises(TypeError, match=r"got a single array .* for params with 2 leaves.*static_args"):
+  with pytest.raises(TypeError, match=r"got the single value .* for params with 2 leaves.*static_args"):
     injected.update(zeros, injected.init(params), params)
   # The documented fix: the mask is then called with the params, and decays only `w`.
   fixed = optax.inject_hyperparams(rmsprop, static_args=("weight_decay_mask",))(
@@ -326,7 +329,7 @@ def test_structural_options_must_be_booleans(flag):
          "of this optimizer for a fresh state, or build the optimizer with the options of the one that "
          "made the state. For a state restored from a checkpoint that predates the field, set it to the "
          "sum of the logs of the decays applied so far: state._replace(log_decay_product="),
-        (dict(bias_correction=True, decay=helpers.constant_schedule(0.9)), dict(bias_correction=True),
+        (dict(bias_correction=True, decay=helpers.constant_schedule(0.9)), dict(decay=helpers.constant_schedule(0.9)),
          "the state holds the log of the decays' product (`log_decay_product`), which this optimizer, "
          "not configured with bias_correction and a decay that may change (a schedule, or a JAX array "
          "such as optax.inject_hyperparams passes), does not keep"),
