@@ -24,7 +24,7 @@ import optax
 from rmsprop_optax._alias import make
 from rmsprop_optax._state import RMSPropState
 from rmsprop_optax._transform import ScalarOrSchedule
-from rmsprop_optax._validation import is_static_zero, path_at
+from rmsprop_optax._validation import check_flag, is_static_zero, path_at
 
 __all__ = ["keras", "optax", "pytorch", "tf1", "timm_tf"]
 
@@ -198,6 +198,7 @@ def optax(
   """
   # Optax builds no trace for momentum=None and a trace of decay 0 for momentum=0: either
   # way its Nesterov step is the plain one, and `rmsprop` would reject the flag.
+  check_flag("presets.optax", "nesterov", nesterov)
   nesterov = nesterov and momentum is not None and not is_static_zero(momentum)
   return make(
       "presets.optax", {}, learning_rate, decay, eps, eps_in_sqrt=eps_in_sqrt,
@@ -223,7 +224,9 @@ def timm_tf(
   lr-scaled steps or PyTorch's buffer of raw steps.
   """
   return make(
-      "presets.timm_tf", {"learning_rate": "lr", "decay": "alpha"}, lr, alpha, eps,
+      "presets.timm_tf",
+      {"learning_rate": "lr", "decay": "alpha", "decoupled_weight_decay": "decoupled_decay"},
+      lr, alpha, eps,
       eps_in_sqrt=True, initial_scale=1.0, centered=centered,
       momentum=_momentum_or_none(momentum), lr_in_momentum=lr_in_momentum,
       weight_decay=weight_decay, decoupled_weight_decay=decoupled_decay,

@@ -6,6 +6,7 @@ throughout; agreement within 1e-5 of the parameters' scale.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import jax.numpy as jnp
@@ -211,3 +212,17 @@ def test_presets_keep_no_momentum_buffer_when_momentum_is_zero():
   for opt in (presets.pytorch(), presets.keras(), presets.tf1(0.1), presets.timm_tf()):
     assert opt.init(params).trace is None
   assert presets.pytorch(momentum=0.9).init(params).trace["w"].shape == (3,)
+
+
+def _required(preset):
+  return {name: 0.1 for name, p in inspect.signature(preset).parameters.items() if p.default is p.empty}
+
+
+@pytest.mark.parametrize("name", presets.__all__)
+def test_every_argument_of_every_preset_is_named_as_the_preset_names_it(name):
+  # A wrong value must be reported under the argument the user typed (timm's
+  # `decoupled_decay`, not `rmsprop`'s `decoupled_weight_decay`), by the preset's name.
+  preset = getattr(presets, name)
+  for arg in inspect.signature(preset).parameters:
+    with pytest.raises(TypeError, match=rf"^presets\.{name}: `{arg}` must be .* got {arg}='yes'"):
+      preset(**{**_required(preset), arg: "yes"})
