@@ -91,12 +91,17 @@ def rmsprop(
     weight_decay_mask: None (decay every leaf), a tree of booleans with the params' structure
       (or a prefix of it), or a callable from params to such a tree; False leaves are not
       decayed. Under `optax.inject_hyperparams`, list a callable mask in ``static_args``:
-      it would otherwise be called as a schedule, with the step count.
+      it would otherwise be called as a schedule, with the step count (``update`` refuses
+      the single boolean that comes back when the params have more than one leaf).
     maximize: ascend the objective instead of descending it (PyTorch's ``maximize``).
     nu_dtype: storage dtype of :math:`v` and :math:`m`, e.g. ``jnp.bfloat16``; None keeps the
       param's precision, at least float32. Arithmetic stays at least float32; each step
-      reads the buffers as stored.
-    momentum_dtype: storage dtype of the momentum buffer; None as for ``nu_dtype``.
+      reads the buffers as stored. For complex params it sets the precision of the real
+      :math:`v`, while :math:`m` stays complex, at least complex64. Under
+      `optax.inject_hyperparams`, which calls ``jnp.bfloat16`` as a schedule, pass the
+      name (``'bfloat16'``) or list the argument in ``static_args``.
+    momentum_dtype: storage dtype of the momentum buffer; None as for ``nu_dtype``, and
+      for complex params likewise at least complex64.
     stochastic_rounding: when state is stored in a dtype narrower than the arithmetic,
       round stochastically (unbiased) instead of to nearest, so a bfloat16 average keeps
       learning at decays close to 1.
@@ -108,10 +113,11 @@ def rmsprop(
     arguments, as Optax's optimizers do) whose state is an `RMSPropState`.
 
   Raises:
-    ValueError: a concrete hyperparameter is out of range or not a scalar, or ``nesterov``
-      has no momentum.
+    ValueError: a concrete hyperparameter is out of range or not a scalar, a complex one
+      has a nonzero imaginary part, or ``nesterov`` has no momentum.
     TypeError: a hyperparameter is not a number, a scalar array or a schedule (None
-      included), or a dtype argument is not a real floating dtype.
+      included), a structural option is not True or False, ``seed`` is not an integer, or
+      a dtype argument is not a real floating dtype.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -121,7 +127,7 @@ def rmsprop(
     >>> state = opt.init(params)
     >>> updates, state = opt.update(jnp.array([-0.5, 0.3, 0.24]), state, params)
     >>> optax.apply_updates(params, updates)  # doctest: +SKIP
-    Array([0.23162277, 0.36837724, 0.56837725], dtype=float32)
+    Array([0.23162277, 0.36837724, 0.56837726], dtype=float32)
 
   References:
     Tieleman and Hinton, Lecture 6.5 - RMSProp: Divide the gradient by a running average of
