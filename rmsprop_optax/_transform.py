@@ -250,7 +250,21 @@ def _precondition(
 _ARRAY = object()
 
 
-def _staged(fn: Callable, name: str) -> Callable:
+# The staged functions of every configuration built so far, by name and structure (below).
+_STAGED: dict[tuple, Callable] = {}
+
+
+def _structure(config: _Config) -> tuple:
+  """What a configuration's per-leaf functions read of it: its flags and name, and of every
+  other field (numbers, schedules, dtypes, the mask) only whether it is given. Their
+  hyperparameters arrive as arguments, so two configurations of one structure compute the
+  same functions of their arguments and can share them."""
+  return tuple(
+      value if isinstance(value, (bool, np.bool_, str)) else value is None for value in config
+  )
+
+
+def _staged(fn: Callable, name: str, structure: tuple) -> Callable:
   """`fn`, traced and lowered once per signature inside a trace instead of once per call.
 
   The update's arithmetic is the same for every leaf of one shape and dtype, but traced
@@ -264,7 +278,15 @@ def _staged(fn: Callable, name: str) -> Callable:
   dtypes, and hyperparameters given as Python numbers, already NumPy scalars) are part of its
   signature, so they reach the arithmetic as they would inline: numbers as literals, flags
   as Python. Outside any trace (an update called eagerly) `fn` runs as it is.
+
+  The staged function is kept for the process, shared by every later build of the same
+  `structure` (see _structure). `optax.inject_hyperparams` builds the optimizer anew at every
+  update: with a staged function per build, an update under `vmap` or `grad` but outside
+  `jit` traced and compiled each leaf's function again at every step.
   """
+  shared = _STAGED.get((name, structure))
+  if shared is not None:
+    return shared
 
   def traced(signature, *arrays):
     treedef, entries = signature
@@ -284,6 +306,7 @@ def _staged(fn: Callable, name: str) -> Callable:
     entries = tuple(_ARRAY if array else (type(leaf), leaf) for leaf, array in zip(leaves, is_array))
     return jitted((treedef, entries), *(leaf for leaf, array in zip(leaves, is_array) if array))
 
+  _STAGED[(name, structure)] = call
   return call
 
 
@@ -448,9 +471,10 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
   # A leaf's state and its step are staged apart only for Nesterov's barrier between them.
   # Named after the caller, as it shows in jaxprs and profiles: presets_pytorch_leaf_update.
   prefix = config.fn.replace(".", "_")
-  staged_update = _staged(leaf_update, f"{prefix}_leaf_update")
-  staged_state = _staged(leaf_state, f"{prefix}_leaf_state")
-  staged_step = _staged(leaf_step, f"{prefix}_leaf_step")
+  structure = _structure(config)
+  staged_update = _staged(leaf_update, f"{prefix}_leaf_update", structure)
+  staged_state = _staged(leaf_state, f"{prefix}_leaf_state", structure)
+  staged_step = _staged(leaf_step, f"{prefix}_leaf_step", structure)
 
   def init_fn(params):
     _validation.check_init_params(config.fn, params)
