@@ -78,7 +78,13 @@ def zero_scalar(params: Any, dtype: Any = np.int32) -> jax.Array:
   params have no concrete placement and the scalar is an ordinary zero, which `jit`
   places with its other outputs. Building it with `make_array_from_callback` also works
   when the mesh spans several processes (`jax.distributed.initialize()`).
+
+  Params committed to one device (`device_put(params, device)`) get the scalar on that
+  device. Params whose leaves were committed to different devices by hand get it
+  uncommitted, as Optax's count is: committed to any one of them, it would make an update
+  outside `jit` fail with "incompatible devices" on the leaves of the others.
   """
+  committed = set()
   for leaf in jax.tree.leaves(params):
     if isinstance(leaf, jax.core.Tracer) or not isinstance(leaf, jax.Array):
       continue
@@ -87,8 +93,9 @@ def zero_scalar(params: Any, dtype: Any = np.int32) -> jax.Array:
       replicated = NamedSharding(sharding.mesh, PartitionSpec())
       return jax.make_array_from_callback((), replicated, lambda _: np.zeros((), dtype))
     if isinstance(sharding, SingleDeviceSharding) and leaf.committed:
-      # Params committed to one device (`device_put(params, device)`): the scalar goes there.
-      return jax.device_put(np.zeros((), dtype), sharding)
+      committed |= sharding.device_set
+  if len(committed) == 1:
+    return jax.device_put(np.zeros((), dtype), SingleDeviceSharding(*committed))
   return jnp.zeros([], dtype)
 
 
