@@ -8,9 +8,11 @@ The equations behind each one are in the README's framework table.
 Where a framework decides structure from a number (PyTorch and Keras keep no momentum
 buffer when momentum is 0), so do the presets, but only for Python numbers: an array, such
 as one injected by `optax.inject_hyperparams`, keeps the buffer, since it may change later.
-For the same reason `weight_decay` defaults to None where the framework's default is 0: the
-same step, but `inject_hyperparams` leaves None alone, where it would inject a 0 as an array
-that keeps weight decay on and makes every update need the params.
+For the same reason `momentum` and `weight_decay` default to None where the framework's
+default is 0: the same step, but `inject_hyperparams` leaves None alone, where it would
+inject a 0 as an array that keeps a momentum buffer as large as the params, or keeps weight
+decay on and makes every update need the params. Pass `momentum=0.0` to inject a momentum
+that a run may raise later.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def pytorch(
     alpha: ScalarOrSchedule = 0.99,
     eps: ScalarOrSchedule = 1e-8,
     weight_decay: ScalarOrSchedule | None = None,
-    momentum: ScalarOrSchedule = 0,
+    momentum: ScalarOrSchedule | None = None,
     centered: bool = False,
     maximize: bool = False,
 ) -> _optax.GradientTransformationExtraArgs:
@@ -125,7 +127,7 @@ def pytorch(
 def keras(
     learning_rate: ScalarOrSchedule = 1e-3,
     rho: ScalarOrSchedule = 0.9,
-    momentum: ScalarOrSchedule = 0.0,
+    momentum: ScalarOrSchedule | None = None,
     epsilon: ScalarOrSchedule = 1e-7,
     centered: bool = False,
     weight_decay: ScalarOrSchedule | None = None,
@@ -151,7 +153,7 @@ def keras(
 def tf1(
     learning_rate: ScalarOrSchedule,
     decay: ScalarOrSchedule = 0.9,
-    momentum: ScalarOrSchedule = 0.0,
+    momentum: ScalarOrSchedule | None = None,
     epsilon: ScalarOrSchedule = 1e-10,
     centered: bool = False,
 ) -> _optax.GradientTransformationExtraArgs:
@@ -212,7 +214,7 @@ def timm_tf(
     alpha: ScalarOrSchedule = 0.9,
     eps: ScalarOrSchedule = 1e-10,
     weight_decay: ScalarOrSchedule | None = None,
-    momentum: ScalarOrSchedule = 0.0,
+    momentum: ScalarOrSchedule | None = None,
     centered: bool = False,
     decoupled_decay: bool = False,
     lr_in_momentum: bool = True,

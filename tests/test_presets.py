@@ -214,6 +214,17 @@ def test_presets_keep_no_momentum_buffer_when_momentum_is_zero():
   assert presets.pytorch(momentum=0.9).init(params).trace["w"].shape == (3,)
 
 
+@pytest.mark.parametrize("name", ["pytorch", "keras", "tf1", "timm_tf"])
+def test_injected_presets_keep_no_momentum_buffer_unless_given_a_momentum(name):
+  # inject_hyperparams turns every number into an array, and an array momentum keeps its
+  # buffer; the default (None) is left alone, so the state is as small as without inject.
+  preset = getattr(presets, name)
+  params = {"w": jnp.ones(3, jnp.float32)}
+  assert optax_lib.inject_hyperparams(preset)(**_required(preset)).init(params).inner_state.trace is None
+  injected = optax_lib.inject_hyperparams(preset)(**_required(preset), momentum=0.0)
+  assert injected.init(params).inner_state.trace["w"].shape == (3,)
+
+
 def _required(preset):
   return {name: 0.1 for name, p in inspect.signature(preset).parameters.items() if p.default is p.empty}
 
