@@ -213,7 +213,20 @@ def _leaf_mask(fn: str, mask: Any, updates: Any, params: Any) -> list[Any]:
         f"{treedef}. Build it from the params, for example jax.tree.map(lambda p: p.ndim > 1, "
         "params), or pass a callable that does."
     ) from error
-  return treedef.flatten_up_to(full)
+  flags = treedef.flatten_up_to(full)
+  for index, flag in enumerate(flags):
+    if isinstance(flag, (bool, np.bool_)):
+      flags[index] = bool(flag)  # a NumPy bool is as fixed as a Python one
+    elif not (isinstance(flag, (jax.Array, np.ndarray, jax.core.Tracer)) and flag.dtype == np.bool_):
+      # A number would scale the decay (a negative one past the check on weight_decay).
+      raise TypeError(
+          f"{fn}: every entry of `weight_decay_mask` must be True or False (or a boolean "
+          f"array), but the entry for the parameter at {_validation.path_at(updates, index)} "
+          f"is {flag!r} (of type {type(flag).__name__}). Build the mask from comparisons, for "
+          "example jax.tree.map(lambda p: p.ndim > 1, params); to scale the decay per leaf, "
+          "use optax.masked or optax.multi_transform with separate optimizers."
+      )
+  return flags
 
 
 def _precondition(

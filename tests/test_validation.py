@@ -239,6 +239,17 @@ def test_update_rejects_a_weight_decay_mask_that_does_not_fit_the_params():
       opt.update(params, state, params)
 
 
+@pytest.mark.parametrize("entry", [0.5, -1.0, "yes", jnp.asarray(1.0)], ids=["half", "negative", "string", "float-array"])
+def test_update_rejects_weight_decay_mask_entries_that_are_not_booleans(entry):
+  # A number would scale the decay, and a negative one would get past weight_decay >= 0.
+  params = {"a": jnp.ones(2, jnp.float32), "b": jnp.ones(3, jnp.float32)}
+  opt, state = _state(params, weight_decay=0.1, weight_decay_mask={"a": entry, "b": True})
+  for update in (opt.update, jax.jit(opt.update)):
+    with pytest.raises(TypeError, match=re.escape("every entry of `weight_decay_mask` must be True or False (or a "
+                                                  "boolean array), but the entry for the parameter at ['a'] is ")):
+      update(params, state, params)
+
+
 @pytest.mark.parametrize("as_array", [True, False], ids=["returns-array", "returns-python-bool"])
 def test_a_callable_mask_under_inject_hyperparams_needs_static_args(as_array):
   params = {"w": jnp.ones((2, 2), jnp.float32), "b": jnp.ones(2, jnp.float32)}
