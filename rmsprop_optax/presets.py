@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rmsprop_optax._alias import make
@@ -101,6 +102,7 @@ def pytorch(
     weight_decay: ScalarOrSchedule | None = None,
     momentum: ScalarOrSchedule | None = None,
     centered: bool = False,
+    *,
     maximize: bool = False,
 ) -> _optax.GradientTransformationExtraArgs:
   r"""`torch.optim.RMSprop`: eps outside the root, learning rate outside the momentum buffer.
@@ -113,7 +115,8 @@ def pytorch(
   with :math:`v_0 = 0`, :math:`m` only when centered, and :math:`p - \eta g / d` without
   momentum. Complex parameters are treated as independent real and imaginary parts, as
   PyTorch does. Where PyTorch's centered variance goes negative and gives NaN, this one
-  clamps it at zero.
+  clamps it at zero. ``maximize`` is keyword-only: PyTorch's seventh positional argument is
+  ``capturable``.
   """
   inner = make(
       "presets.pytorch", {"learning_rate": "lr", "decay": "alpha"}, lr, alpha, eps,
@@ -150,26 +153,42 @@ def keras(
   )
 
 
+def _tf_float32(value: Any) -> Any:
+  """A Python number as TF1 uses it: TF1 makes its hyperparameters float32 tensors (cast to
+  the variable's dtype only afterwards), so a decay of 0.9999 acts as float32(0.9999), whose
+  1 - decay is larger by 1.7e-4 of itself. Arrays and schedules pass as they are."""
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return float(np.float32(value))
+  return value
+
+
 def tf1(
     learning_rate: ScalarOrSchedule,
     decay: ScalarOrSchedule = 0.9,
     momentum: ScalarOrSchedule | None = None,
     epsilon: ScalarOrSchedule = 1e-10,
+    *,
     centered: bool = False,
 ) -> _optax.GradientTransformationExtraArgs:
   r"""TensorFlow 1 `tf.compat.v1.train.RMSPropOptimizer`: the average of squares starts at 1.
 
   .. math::
 
-    v = v + (g^2 - v)(1 - \rho),\quad b = \mu b + \eta g / \sqrt{v - m^2 + \epsilon},\quad
+    v = \rho v + (1 - \rho) g^2,\quad b = \mu b + \eta g / \sqrt{v - m^2 + \epsilon},\quad
     p \leftarrow p - b
 
   with :math:`v_0 = 1` (so the first steps are small, not large), :math:`m_0 = 0` when
-  centered. TF1 always runs the momentum path; with momentum 0 it is the plain step.
+  centered. TF1 always runs the momentum path; with momentum 0 it is the plain step. Python
+  numbers are rounded to float32 first, as TF1 does. TF1 writes the average as
+  :math:`v + (g^2 - v)(1 - \rho)`, equal up to rounding; at :math:`\rho = 0` that form
+  rounds a :math:`g^2` below half an ulp of :math:`v` away (to 0 from :math:`v_0 = 1`),
+  where this one keeps it. ``centered`` is keyword-only: TF1's fifth positional argument is
+  ``use_locking``.
   """
   return make(
-      "presets.tf1", {"eps": "epsilon"}, learning_rate, decay, epsilon, eps_in_sqrt=True,
-      initial_scale=1.0, centered=centered, momentum=_momentum_or_none(momentum), lr_in_momentum=True,
+      "presets.tf1", {"eps": "epsilon"}, _tf_float32(learning_rate), _tf_float32(decay),
+      _tf_float32(epsilon), eps_in_sqrt=True, initial_scale=1.0, centered=centered,
+      momentum=_momentum_or_none(_tf_float32(momentum)), lr_in_momentum=True,
   )
 
 

@@ -168,11 +168,15 @@ class ReferenceRMSProp:
 class TF1Reference:
   """`tf.compat.v1.train.RMSPropOptimizer`, transcribed from its kernels (float64).
 
-  ms starts at ones, mom and mg at zeros; the momentum path always runs.
+  ms starts at ones, mom and mg at zeros; the momentum path always runs. The optimizer turns
+  its hyperparameters into float32 tensors before casting them to the variables' dtype, so
+  they are rounded to float32 here too.
   """
 
   def __init__(self, params, learning_rate, decay=0.9, momentum=0.0, epsilon=1e-10, centered=False):
-    self.lr, self.rho, self.mu, self.eps, self.centered = learning_rate, decay, momentum, epsilon, centered
+    as_tf = lambda x: float(np.float32(x))  # noqa: E731
+    self.lr = lambda t: as_tf(learning_rate(t))
+    self.rho, self.mu, self.eps, self.centered = as_tf(decay), as_tf(momentum), as_tf(epsilon), centered
     self.ms = [np.ones(np.shape(p)) for p in params]
     self.mg = [np.zeros(np.shape(p)) for p in params]
     self.mom = [np.zeros(np.shape(p)) for p in params]

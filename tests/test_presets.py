@@ -184,8 +184,36 @@ def test_tf1_preset_matches_the_tf1_kernel_equations(centered, momentum):
   expected = _transcription_run(
       helpers.TF1Reference(problem.params(), lambda t: float(lrs[t]), decay=0.9, momentum=momentum,
                            epsilon=1e-10, centered=centered), problem)
-  ours = helpers.run_optax(presets.tf1(_schedule(lrs), decay=0.9, momentum=momentum, centered=centered), problem, STEPS)
+  ours = helpers.run_optax(presets.tf1(_schedule(lrs), 0.9, momentum, 1e-10, centered=centered), problem, STEPS)
   helpers.assert_close_to_scale(ours, expected)
+
+
+def test_tf1_preset_rounds_its_numbers_to_float32_as_tf1_does():
+  # A decay of 0.9999 is 0.99989998 in float32, as TF1 uses it: 1 - decay is 1.7e-4 larger.
+  # Large gradients make the average forget its start at 1, so the difference shows: the
+  # exact decay moves the params 7e-5 less, relatively, after 50 steps.
+  g, steps = np.full(3, 100.0), 50
+  reference = helpers.TF1Reference([np.zeros(3)], lambda t: 0.01, decay=0.9999, epsilon=1e-10)
+  expected = [np.zeros(3)]
+  for _ in range(steps):
+    expected = reference.step(expected, [g])
+  opt = presets.tf1(0.01, decay=0.9999)
+  params = jnp.zeros(3, jnp.float32)
+  state = opt.init(params)
+  for _ in range(steps):
+    updates, state = opt.update(jnp.asarray(g, jnp.float32), state)
+    params = optax_lib.apply_updates(params, updates)
+  np.testing.assert_allclose(params, expected[0], rtol=1e-5)
+
+
+def test_presets_take_no_flag_where_the_framework_has_another_argument():
+  # Called with the framework's positional arguments, a preset must not read a flag where
+  # the framework has another argument: TF1's fifth is use_locking, PyTorch's seventh
+  # capturable, and neither changes the step.
+  with pytest.raises(TypeError, match="positional"):
+    presets.tf1(0.01, 0.9, 0.0, 1e-10, True)
+  with pytest.raises(TypeError, match="positional"):
+    presets.pytorch(0.01, 0.99, 1e-8, 0, 0, False, True)
 
 
 TIMM_CASES = [
