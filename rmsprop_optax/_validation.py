@@ -77,7 +77,10 @@ def check_number(fn: str, name: str, value: Any, *, schedulable: bool = True) ->
 def real_part(fn: str, name: str, value: Any) -> Any:
   """`value`, with a complex scalar array replaced by its real part (checked to be all of it
   where concrete): the value optax.inject_hyperparams meant before casting it to complex."""
-  if callable(value) or not jnp.issubdtype(getattr(value, "dtype", np.float32), jnp.complexfloating):
+  arrays = (jax.Array, np.ndarray, np.generic, jax.core.Tracer)
+  # Only NumPy and JAX values: another library's tensor has a dtype NumPy cannot read, and
+  # check_number then names it in its message.
+  if callable(value) or not isinstance(value, arrays) or not jnp.iscomplexobj(value):
     return value
   if not isinstance(value, jax.core.Tracer) and np.ndim(value) == 0 and np.imag(np.asarray(value)) != 0:
     raise ValueError(

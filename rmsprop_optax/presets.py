@@ -17,6 +17,7 @@ that a run may raise later.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -127,6 +128,23 @@ def pytorch(
   return _complex_as_real(inner)
 
 
+def _takes_no_argument(value: Any) -> bool:
+  """Whether `value` is a callable that can be called with no argument and not with one."""
+  try:
+    signature = inspect.signature(value)
+  except (TypeError, ValueError):  # a builtin without a signature: taken as a schedule
+    return False
+  try:
+    signature.bind()
+  except TypeError:
+    return False
+  try:
+    signature.bind(0)
+  except TypeError:
+    return True
+  return False
+
+
 def keras(
     learning_rate: ScalarOrSchedule = 1e-3,
     rho: ScalarOrSchedule = 0.9,
@@ -143,8 +161,14 @@ def keras(
     b = \mu b + \eta g / \sqrt{v - m^2 + \epsilon},\quad p \leftarrow p - b
 
   with :math:`v_0 = 0`, :math:`m` only when centered, and decoupled weight decay applied
-  only when ``weight_decay`` is set.
+  only when ``weight_decay`` is set. Besides a schedule of the step count (a Keras
+  ``LearningRateSchedule`` too), ``learning_rate`` may be a callable of no argument, which
+  Keras calls for the current value: it is called at every update (under ``jit``, once per
+  trace, as in a Keras train step compiled by JAX).
   """
+  if callable(learning_rate) and _takes_no_argument(learning_rate):
+    current = learning_rate
+    learning_rate = lambda count: current()  # noqa: E731
   return make(
       "presets.keras", {"decay": "rho", "eps": "epsilon"}, learning_rate, rho, epsilon,
       eps_in_sqrt=True, initial_scale=0.0, centered=centered, momentum=_momentum_or_none(momentum), lr_in_momentum=True,

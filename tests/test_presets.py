@@ -85,7 +85,9 @@ def test_pytorch_preset_defaults_are_torch_defaults():
 # --- Keras 3 (JAX backend) ------------------------------------------------------------------
 
 
-def _keras_run(problem, lrs, **kwargs):
+def _keras_run(problem, lrs, learning_rate=None, **kwargs):
+  """Keras's RMSprop on `problem`, with the table `lrs` as its schedule or, if given,
+  `learning_rate` as Keras takes it."""
   import keras
 
   class TableSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -97,7 +99,7 @@ def _keras_run(problem, lrs, **kwargs):
 
   with helpers.standard_promotion():
     variables = [keras.Variable(p.copy(), dtype="float32") for p in problem.params()]
-    opt = keras.optimizers.RMSprop(learning_rate=TableSchedule(lrs), **kwargs)
+    opt = keras.optimizers.RMSprop(learning_rate=learning_rate or TableSchedule(lrs), **kwargs)
     for t in range(STEPS):
       grads = problem.grads([np.asarray(v.numpy()) for v in variables], t)
       opt.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in grads], variables))
@@ -117,6 +119,15 @@ def test_keras_preset_matches_keras_optimizers_rmsprop(centered, momentum, weigh
   kwargs = dict(rho=0.9, momentum=momentum, epsilon=1e-7, centered=centered, weight_decay=weight_decay)
   expected = _keras_run(problem, lrs, **kwargs)
   ours = helpers.run_optax(presets.keras(_schedule(lrs), **kwargs), problem, STEPS)
+  helpers.assert_close_to_scale(ours, expected)
+
+
+def test_keras_preset_takes_a_learning_rate_of_no_argument_as_keras_does():
+  # Keras calls a callable learning rate with no argument (and a LearningRateSchedule with
+  # the step); the preset does the same.
+  problem = helpers.Quadratic(SHAPES, seed=41, steps=STEPS)
+  expected = _keras_run(problem, None, learning_rate=lambda: 0.002, rho=0.9, momentum=0.5)
+  ours = helpers.run_optax(presets.keras(learning_rate=lambda: 0.002, rho=0.9, momentum=0.5), problem, STEPS)
   helpers.assert_close_to_scale(ours, expected)
 
 
@@ -265,3 +276,9 @@ def test_every_argument_of_every_preset_is_named_as_the_preset_names_it(name):
   for arg in inspect.signature(preset).parameters:
     with pytest.raises(TypeError, match=rf"^presets\.{name}: `{arg}` must be .* got {arg}='yes'"):
       preset(**{**_required(preset), arg: "yes"})
+
+
+def test_a_torch_tensor_learning_rate_is_named_in_the_message():
+  # torch.optim.RMSprop takes a tensor lr; the preset asks for a number, in its own words.
+  with pytest.raises(TypeError, match=r"^presets\.pytorch: `lr` must be a number.*got lr=tensor\(0\.0100\) \(of type Tensor\)"):
+    presets.pytorch(lr=torch.tensor(0.01))
