@@ -520,6 +520,10 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
         {"count": keep_count, "mu": config.centered, "trace": use_momentum,
          "log_decay_product": sums_logs},
     )
+    _validation.check_state_buffers(
+        config.fn,
+        {name: getattr(state, name) for name in ("nu", "mu", "trace") if getattr(state, name) is not None},
+    )
     _validation.check_update_inputs(
         config.fn, updates, state.nu, params,
         "weight_decay" if use_weight_decay else None,

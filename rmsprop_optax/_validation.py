@@ -283,6 +283,38 @@ def check_state(fn: str, state: Any, state_type: type, expected: dict[str, bool]
     )
 
 
+def check_state_buffers(fn: str, buffers: dict[str, Any]) -> None:
+  """Checks that the state's buffers (`nu` first, then those it keeps of `mu` and `trace`) are
+  floating arrays of one tree structure and one shape per leaf. `nu` is checked against the
+  gradients next; a buffer changed by hand, or a state put together from several, would
+  otherwise fail deep inside the update, in JAX's words."""
+  (first, reference), *others = buffers.items()
+  reference_def = jax.tree.structure(reference)
+  fix = ("Call init for a fresh state, or restore a checkpoint into the state that init "
+         "returns, so that every buffer comes back as it was saved.")
+  for name, tree in others:
+    if jax.tree.structure(tree) != reference_def:
+      raise ValueError(
+          f"{fn}.update: the state's `{name}` does not have the tree structure of its "
+          f"`{first}`: {jax.tree.structure(tree)} against {reference_def}. {fix}"
+      )
+  for name, tree in buffers.items():
+    for index, (leaf, like) in enumerate(zip(jax.tree.leaves(tree), jax.tree.leaves(reference))):
+      dtype = getattr(leaf, "dtype", None)
+      if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+        got = np.dtype(dtype).name if dtype is not None else type(leaf).__name__
+        raise TypeError(
+            f"{fn}.update: the state's `{name}` at {path_at(tree, index)} is {got}, but the "
+            f"optimizer's buffers are floating (or complex) arrays. {fix}"
+        )
+      if tuple(np.shape(leaf)) != tuple(np.shape(like)):
+        raise ValueError(
+            f"{fn}.update: the state's `{name}` at {path_at(tree, index)} has shape "
+            f"{tuple(np.shape(leaf))}, but its `{first}` there has shape "
+            f"{tuple(np.shape(like))}. {fix}"
+        )
+
+
 def check_update_inputs(
     fn: str, updates: Any, nu: Any, params: Any, needs_params: str | None, buffers: Any = None
 ) -> None:
