@@ -515,9 +515,13 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     sums_logs = keep_decay_product or (
         config.bias_correction and getattr(state, "log_decay_product", None) is not None
     )
+    # Likewise a count that nothing reads is carried on: optax.tree_utils.tree_set(state,
+    # count=...), meant for inject_hyperparams' count (to resume at a step), sets every field
+    # of that name, this state's too.
+    counts = keep_count or getattr(state, "count", None) is not None
     _validation.check_state(
         config.fn, state, RMSPropState,
-        {"count": keep_count, "mu": config.centered, "trace": use_momentum,
+        {"count": counts, "mu": config.centered, "trace": use_momentum,
          "log_decay_product": sums_logs},
     )
     _validation.check_state_buffers(
@@ -530,7 +534,7 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
         state.trace if use_momentum else state.mu,
     )
     count = state.count
-    new_count = increment(count) if keep_count else None
+    new_count = increment(count) if counts else None
     decay = _at(config, "decay", count)
     # With a Python decay, 1 - decay is taken in double precision before rounding, so a decay
     # of 1 - 1e-9 still adds its sliver of the new gradient instead of rounding to zero.

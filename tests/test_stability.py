@@ -433,3 +433,24 @@ def test_complex_params_under_inject_hyperparams():
       expected = reference.step(expected, grads)
   assert state.inner_state.nu[0].dtype == jnp.float32 and ours[0].dtype == jnp.complex64
   helpers.assert_close_to_scale(ours, expected, rtol=2e-5, what="complex params, injected numbers")
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_tree_set_of_the_count_to_resume_a_run_keeps_the_update_working(use_jit):
+  # tree_set(state, count=...) is how a run resumes at a step under inject_hyperparams; it
+  # sets every field named count, this state's too, where the configuration keeps none. The
+  # update carries that count on, and the step is the plain one (nothing reads the count).
+  problem = helpers.Quadratic(((3,),), seed=9, steps=4)
+  opt = optax.inject_hyperparams(rmsprop)(learning_rate=0.01)
+  reference = helpers.ReferenceRMSProp(helpers.RefConfig(lambda t: 0.01), problem.params())
+  params = [jnp.asarray(p) for p in problem.params()]
+  state = optax.tree_utils.tree_set(opt.init(params), count=jnp.int32(100))
+  update = jax.jit(opt.update) if use_jit else opt.update
+  expected = problem.params()
+  for t in range(problem.steps):
+    grads = [jnp.asarray(g) for g in problem.grads(params, t)]
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    expected = reference.step(expected, problem.grads(expected, t))
+  assert int(state.count) == int(state.inner_state.count) == 100 + problem.steps
+  helpers.assert_close_to_scale(params, expected, rtol=2e-5, what="count set by tree_set")
