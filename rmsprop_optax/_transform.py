@@ -142,7 +142,11 @@ def _abs_sq(x: jax.Array) -> jax.Array:
 
 def _as_array(x: Any) -> Any:
   """`x` as a JAX array: Python numbers and NumPy arrays take the dtype JAX gives them (a
-  NumPy float64 becomes float32 unless `jax_enable_x64` is on, as `jnp.asarray` does it)."""
+  NumPy float64 becomes float32 unless `jax_enable_x64` is on, as `jnp.asarray` does it). A
+  `jax.ShapeDtypeStruct` (params described, not allocated, as Optax's init accepts them)
+  becomes zeros of its shape and dtype, placed by its sharding where it has one."""
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return jnp.zeros(x.shape, x.dtype, device=x.sharding)
   return x if isinstance(x, (jax.Array, jax.core.Tracer)) else jnp.asarray(x)
 
 

@@ -211,6 +211,19 @@ def test_state_scalars_follow_params_committed_to_one_device():
   assert int(new_state.count) == 1 and new_params["w"].sharding.device_set == {device}
 
 
+def test_init_takes_params_described_by_shape_dtype_structs_as_optax_does():
+  # Params described, not allocated: the state is made where their shardings say.
+  mesh = _mesh(*TWO_D, AxisType.Auto)
+  described = {name: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=NamedSharding(mesh, spec))
+               for name, (shape, spec) in STEP_TREE.items()}
+  state = rmsprop(0.1, momentum=0.9, bias_correction=True, initial_scale=0.5).init(described)
+  for name, like in described.items():
+    for buffer, value in ((state.nu, 0.5), (state.trace, 0.0)):
+      np.testing.assert_array_equal(buffer[name], np.full(like.shape, value, np.float32))
+      assert buffer[name].sharding.is_equivalent_to(like.sharding, len(like.shape))
+  assert state.count.sharding.is_equivalent_to(NamedSharding(mesh, P()), 0) and int(state.count) == 0
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(learning_rate=optax.linear_schedule(0.1, 0.01, 10)),
     dict(learning_rate=0.1, bias_correction=True),
