@@ -263,6 +263,9 @@ def _precondition(
   return lax.div(g, _cast(lax.add(lax.sqrt(variance), r.eps), cdt))
 
 
+# In the configuration the per-leaf functions see (see _structure), a field that is given.
+_GIVEN = object()
+
 # Where _staged's signature holds an array: its value is an argument of the staged call.
 _ARRAY = object()
 
@@ -271,17 +274,26 @@ _ARRAY = object()
 _STAGED: dict[tuple, Callable] = {}
 
 
-def _structure(config: _Config) -> tuple:
-  """What a configuration's per-leaf functions read of it: its flags and name, and of every
-  other field (numbers, schedules, dtypes, the mask) only whether it is given. Their
-  hyperparameters arrive as arguments, so two configurations of one structure compute the
-  same functions of their arguments and can share them."""
-  return tuple(
-      value if isinstance(value, (bool, np.bool_, str)) else value is None for value in config
-  )
+def _structure(config: _Config) -> _Config:
+  """All that a configuration's per-leaf functions read of it: its flags and name, and of
+  every other field (numbers, schedules, dtypes, the mask) only whether it is given (None or
+  _GIVEN). Their hyperparameters arrive as arguments, so two configurations of one structure
+  compute the same functions of their arguments and can share them."""
+  return _Config(*(
+      value if isinstance(value, (bool, np.bool_, str)) else None if value is None else _GIVEN
+      for value in config
+  ))
 
 
-def _staged(fn: Callable, name: str, structure: tuple) -> Callable:
+def _fixed(value: Any) -> tuple:
+  """A fixed argument as a staged call's signature holds it: with its type, so that equal
+  numbers of two dtypes stay apart, and a float with its sign, so that 0.0 and -0.0 do."""
+  if isinstance(value, (float, np.floating)):
+    return type(value), value, bool(np.signbit(value))
+  return type(value), value
+
+
+def _staged(fn: Callable, name: str, structure: _Config) -> Callable:
   """`fn`, traced and lowered once per signature inside a trace instead of once per call.
 
   The update's arithmetic is the same for every leaf of one shape and dtype, but traced
@@ -319,8 +331,7 @@ def _staged(fn: Callable, name: str, structure: tuple) -> Callable:
     if not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
       return fn(*args)
     is_array = [isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves]
-    # Each fixed value with its type, so that equal numbers of two dtypes stay apart.
-    entries = tuple(_ARRAY if array else (type(leaf), leaf) for leaf, array in zip(leaves, is_array))
+    entries = tuple(_ARRAY if array else _fixed(leaf) for leaf, array in zip(leaves, is_array))
     return jitted((treedef, entries), *(leaf for leaf, array in zip(leaves, is_array) if array))
 
   _STAGED[(name, structure)] = call
@@ -392,6 +403,10 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
   keep_count = _keeps_count(config)
   keep_decay_product = _keeps_decay_product(config)
   keep_trace = config.learning_rate is not None and use_momentum
+  # The per-leaf functions below are shared with later builds of the same structure (see
+  # _staged), so they read only the structure: holding the numbers, schedules or mask would
+  # keep this build's values (and any tracer among them) alive as long as the process.
+  leaf_config = _structure(config)
 
   def leaf_weight_decay(flag, c, cdt):
     """A leaf's weight decay coefficient in `cdt`, its mask entry applied; None where it has none."""
@@ -414,7 +429,7 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       """The gradient the average sees: in the compute dtype, sign flipped, decay coupled."""
       # lax, not jnp: the same arithmetic, without a jnp dispatch per operation.
       g = _cast(g_in, cdt)
-      if config.maximize:
+      if leaf_config.maximize:
         g = lax.neg(g)
       if coupled:
         g = lax.add(g, lax.mul(decay, _cast(p, cdt)))
@@ -425,18 +440,18 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
 
     nu_stored = _store(
         lax.add(lax.mul(r.decay, _cast(nu, rdt)), lax.mul(r.one_minus_decay, _abs_sq(g))),
-        nu.dtype, config, lambda: key(_NU),
+        nu.dtype, leaf_config, lambda: key(_NU),
     )
     mu_stored = buf_stored = buf_new = None
-    if config.centered:
+    if leaf_config.centered:
       mu_stored = _store(
           lax.add(lax.mul(c.decay, _cast(mu, cdt)), lax.mul(c.one_minus_decay, g)),
-          mu.dtype, config, lambda: key(_MU),
+          mu.dtype, leaf_config, lambda: key(_MU),
       )
-    u = _precondition(config, g_step, nu_stored, mu_stored, r, c, rdt)
+    u = _precondition(leaf_config, g_step, nu_stored, mu_stored, r, c, rdt)
     if keep_trace:
-      added = lax.mul(c.lr, u) if config.lr_in_momentum else u
-      buf_stored = _store(lax.add(lax.mul(c.momentum, _cast(buf, cdt)), added), buf.dtype, config,
+      added = lax.mul(c.lr, u) if leaf_config.lr_in_momentum else u
+      buf_stored = _store(lax.add(lax.mul(c.momentum, _cast(buf, cdt)), added), buf.dtype, leaf_config,
                           lambda: key(_MOMENTUM))
       buf_new = _cast(buf_stored, cdt)
     return nu_stored, mu_stored, buf_stored, g_step, u, buf_new
@@ -444,7 +459,7 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
   def leaf_step(g_step, u, buf_new, again, p, flag, r, c, dtype):
     """A leaf's update, in `dtype`, from what leaf_state gave; for Nesterov, `again` holds
     the state as stored to precondition the gradient from a second time (None: use `u`)."""
-    if config.learning_rate is None:
+    if leaf_config.learning_rate is None:
       step = u
     elif not use_momentum:
       # Multiplying by -lr flips the sign within the product (exactly: rounding is symmetric),
@@ -452,11 +467,11 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       step = lax.mul(c.neg_lr, u)
     else:
       step = buf_new
-      if config.nesterov:
+      if leaf_config.nesterov:
         if again is not None:
-          u = _precondition(config, g_step, *again, r, c, jnp.finfo(u.dtype).dtype)
-        step = lax.add(lax.mul(c.lr, u) if config.lr_in_momentum else u, lax.mul(c.momentum, step))
-      if not config.lr_in_momentum:
+          u = _precondition(leaf_config, g_step, *again, r, c, jnp.finfo(u.dtype).dtype)
+        step = lax.add(lax.mul(c.lr, u) if leaf_config.lr_in_momentum else u, lax.mul(c.momentum, step))
+      if not leaf_config.lr_in_momentum:
         step = lax.mul(c.lr, step)
       step = lax.neg(step)
     decay = leaf_weight_decay(flag, c, u.dtype) if decouple_decay else None
@@ -476,7 +491,7 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       copy = iter(copies)
       nu_stored = leaf_state(*inputs, flag, None, r, c)[0]
       mu_stored = buf_stored = None
-      if config.centered:
+      if leaf_config.centered:
         mu_stored = leaf_state(*next(copy), flag, None, r, c)[1]
       if keep_trace:
         buf_stored = leaf_state(*next(copy), flag, None, r, c)[2]
@@ -488,10 +503,9 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
   # A leaf's state and its step are staged apart only for Nesterov's barrier between them.
   # Named after the caller, as it shows in jaxprs and profiles: presets_pytorch_leaf_update.
   prefix = config.fn.replace(".", "_")
-  structure = _structure(config)
-  staged_update = _staged(leaf_update, f"{prefix}_leaf_update", structure)
-  staged_state = _staged(leaf_state, f"{prefix}_leaf_state", structure)
-  staged_step = _staged(leaf_step, f"{prefix}_leaf_step", structure)
+  staged_update = _staged(leaf_update, f"{prefix}_leaf_update", leaf_config)
+  staged_state = _staged(leaf_state, f"{prefix}_leaf_state", leaf_config)
+  staged_step = _staged(leaf_step, f"{prefix}_leaf_step", leaf_config)
 
   def init_fn(params):
     _validation.check_init_params(config.fn, params)

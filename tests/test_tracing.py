@@ -12,6 +12,8 @@ through an injected learning rate) still give the float64 NumPy reference's resu
 from __future__ import annotations
 
 import collections
+import gc
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -249,8 +251,10 @@ def test_an_optimizer_built_anew_each_update_compiles_its_leaves_once(compilatio
 
       return jax.grad(loss)(grads), opt.update(grads, state, params)[1]
 
+  _transform._STAGED.clear()  # cold, so that the first steps surely compile
   for step in range(4):
     if step == 2:
+      assert compilations["compilations"] > 0, "no compilation counted: has JAX renamed the event?"
       compilations.clear()
     _, state = update(params, state, params)
   assert compilations["compilations"] == 0
@@ -272,3 +276,27 @@ def test_optimizers_of_one_structure_share_staged_functions_but_not_their_number
       g64 = g.astype(np.float64)
       second = (1 - decay) * g64**2 - (((1 - decay) * g64) ** 2 if as_arrays else 0)
       np.testing.assert_allclose(np.asarray(updates), -lr * g64 / np.sqrt(second + 1e-8), rtol=2e-5)
+
+
+def test_shared_staged_functions_hold_no_value_of_the_optimizer_that_built_them():
+  # They are kept for the process, so they may keep only the structure: a schedule (or a
+  # mask, or a tracer where the optimizer was built inside jit) must go with its optimizer.
+  params = {"w": jnp.ones((4, 3), jnp.float32), "b": jnp.ones(3, jnp.float32)}
+
+  def schedule(count):
+    return 0.1 / (1.0 + count.astype(jnp.float32))
+
+  alive = weakref.ref(schedule)
+  opt = rmsprop(schedule, momentum=0.9, weight_decay=0.1, weight_decay_mask={"w": True, "b": False})
+  jax.block_until_ready(jax.jit(opt.update)(params, opt.init(params), params))
+  del opt, schedule
+  gc.collect()
+  assert alive() is None, "a shared staged function keeps the first optimizer's schedule alive"
+
+  @jax.jit
+  def step(lr, grads, params):  # an optimizer built inside jit, from a traced learning rate
+    opt = rmsprop(lr, momentum=0.9)
+    return opt.update(grads, opt.init(params), params)[0]
+
+  with jax.checking_leaks():
+    jax.block_until_ready(step(jnp.float32(0.1), params, params))
