@@ -18,6 +18,7 @@ that a run may raise later.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import jax
@@ -27,7 +28,7 @@ import optax
 
 from rmsprop_optax._alias import make
 from rmsprop_optax._state import RMSPropState
-from rmsprop_optax._transform import ScalarOrSchedule
+from rmsprop_optax._transform import ScalarOrSchedule, _as_array
 from rmsprop_optax._validation import check_flag, is_static_zero, path_at
 
 __all__ = ["keras", "optax", "pytorch", "tf1", "timm_tf"]
@@ -61,7 +62,9 @@ def _complex_as_real(
     )
 
   def init_fn(params):
-    return inner.init(to_real(params))
+    # Params described by ShapeDtypeStructs become zeros first: a description has no parts.
+    described = lambda x: _as_array(x) if isinstance(x, jax.ShapeDtypeStruct) else x  # noqa: E731
+    return inner.init(to_real(jax.tree.map(described, params)))
 
   def check_kinds(updates, state):
     """A gradient of the wrong kind or shape for a complex parameter, named in the caller's
@@ -177,13 +180,29 @@ def keras(
   )
 
 
-def _tf_float32(value: Any) -> Any:
+def _tf_float32(name: str, value: Any) -> Any:
   """A Python number as TF1 uses it: TF1 makes its hyperparameters float32 tensors (cast to
   the variable's dtype only afterwards), so a decay of 0.9999 acts as float32(0.9999), whose
-  1 - decay is larger by 1.7e-4 of itself. Arrays and schedules pass as they are."""
-  if isinstance(value, (int, float)) and not isinstance(value, bool):
-    return float(np.float32(value))
-  return value
+  1 - decay is larger by 1.7e-4 of itself. Arrays and schedules pass as they are. A number
+  that float32 cannot hold as TF1 would need it is refused in its own words, before the
+  rounded value would be reported as if the caller had passed it."""
+  if not isinstance(value, (int, float)) or isinstance(value, bool):
+    return value
+  with np.errstate(over="ignore"):
+    rounded = float(np.float32(value))
+  if math.isinf(rounded) and not math.isinf(value):
+    raise ValueError(
+        f"presets.tf1: `{name}` must fit in float32, the precision TF1 computes its "
+        f"hyperparameters in, but got {name}={value!r}, beyond its largest value, 3.4e38. "
+        "Pass a smaller number."
+    )
+  if name == "decay" and value < 1 <= rounded:
+    raise ValueError(
+        f"presets.tf1: `decay` must stay below 1 in float32, the precision TF1 uses it in, "
+        f"but got decay={value!r}, which rounds to 1 and would freeze the average. Pass a "
+        "decay of at most 0.99999994, the largest float32 below 1."
+    )
+  return rounded
 
 
 def tf1(
@@ -210,9 +229,10 @@ def tf1(
   ``use_locking``.
   """
   return make(
-      "presets.tf1", {"eps": "epsilon"}, _tf_float32(learning_rate), _tf_float32(decay),
-      _tf_float32(epsilon), eps_in_sqrt=True, initial_scale=1.0, centered=centered,
-      momentum=_momentum_or_none(_tf_float32(momentum)), lr_in_momentum=True,
+      "presets.tf1", {"eps": "epsilon"}, _tf_float32("learning_rate", learning_rate),
+      _tf_float32("decay", decay), _tf_float32("epsilon", epsilon), eps_in_sqrt=True,
+      initial_scale=1.0, centered=centered,
+      momentum=_momentum_or_none(_tf_float32("momentum", momentum)), lr_in_momentum=True,
   )
 
 

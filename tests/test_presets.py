@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax as optax_lib
@@ -202,7 +204,7 @@ def test_tf1_preset_matches_the_tf1_kernel_equations(centered, momentum):
 def test_tf1_preset_rounds_its_numbers_to_float32_as_tf1_does():
   # A decay of 0.9999 is 0.99989998 in float32, as TF1 uses it: 1 - decay is 1.7e-4 larger.
   # Large gradients make the average forget its start at 1, so the difference shows: the
-  # exact decay moves the params 7e-5 less, relatively, after 50 steps.
+  # exact decay moves the params 7e-5 further, relatively, after 50 steps.
   g, steps = np.full(3, 100.0), 50
   reference = helpers.TF1Reference([np.zeros(3)], lambda t: 0.01, decay=0.9999, epsilon=1e-10)
   expected = [np.zeros(3)]
@@ -282,3 +284,23 @@ def test_a_torch_tensor_learning_rate_is_named_in_the_message():
   # torch.optim.RMSprop takes a tensor lr; the preset asks for a number, in its own words.
   with pytest.raises(TypeError, match=r"^presets\.pytorch: `lr` must be a number.*got lr=tensor\(0\.0100\) \(of type Tensor\)"):
     presets.pytorch(lr=torch.tensor(0.01))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(decay=0.99999999), "`decay` must stay below 1 in float32, the precision TF1 uses it in, but got decay=0.99999999"),
+    (dict(learning_rate=1e39), "`learning_rate` must fit in float32, the precision TF1 computes its hyperparameters in, but got learning_rate=1e+39"),
+])
+def test_tf1_preset_names_a_number_that_float32_cannot_hold_as_given(kwargs, message):
+  # Rounded first and checked after, the message would show a decay of 1.0 or an infinite
+  # learning rate that the caller never passed.
+  with pytest.raises(ValueError, match=re.escape(f"presets.tf1: {message}")):
+    presets.tf1(**{"learning_rate": 0.1, **kwargs})
+
+
+def test_pytorch_preset_inits_from_shape_dtype_structs_complex_ones_too():
+  # Complex leaves are viewed as pairs of reals, which a description without values has not.
+  described = {"z": jax.ShapeDtypeStruct((3,), jnp.complex64), "w": jax.ShapeDtypeStruct((2,), jnp.float32)}
+  state = presets.pytorch(momentum=0.9).init(described)
+  for buffer in (state.nu, state.trace):
+    np.testing.assert_array_equal(buffer["z"], np.zeros((3, 2), np.float32))
+    np.testing.assert_array_equal(buffer["w"], np.zeros(2, np.float32))
