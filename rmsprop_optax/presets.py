@@ -137,15 +137,15 @@ def _takes_no_argument(value: Any) -> bool:
     signature = inspect.signature(value)
   except (TypeError, ValueError):  # a builtin without a signature: taken as a schedule
     return False
-  try:
-    signature.bind()
-  except TypeError:
-    return False
-  try:
-    signature.bind(0)
-  except TypeError:
+
+  def binds(*args):
+    try:
+      signature.bind(*args)
+    except TypeError:
+      return False
     return True
-  return False
+
+  return binds() and not binds(0)
 
 
 def keras(
@@ -196,11 +196,11 @@ def _tf_float32(name: str, value: Any) -> Any:
         f"hyperparameters in, but got {name}={value!r}, beyond its largest value, 3.4e38. "
         "Pass a smaller number."
     )
-  if name == "decay" and value < 1 <= rounded:
+  if name in ("decay", "momentum") and value < 1 <= rounded:
     raise ValueError(
-        f"presets.tf1: `decay` must stay below 1 in float32, the precision TF1 uses it in, "
-        f"but got decay={value!r}, which rounds to 1 and would freeze the average. Pass a "
-        "decay of at most 0.99999994, the largest float32 below 1."
+        f"presets.tf1: `{name}` must stay below 1 in float32, the precision TF1 uses it in, "
+        f"but got {name}={value!r}, which rounds to 1. Pass a {name} of at most 0.99999994, "
+        "the largest float32 below 1."
     )
   return rounded
 

@@ -255,6 +255,11 @@ def test_presets_keep_no_momentum_buffer_when_momentum_is_zero():
   assert presets.pytorch(momentum=0.9).init(params).trace["w"].shape == (3,)
 
 
+def _required(preset):
+  """The arguments a preset cannot be called without (TF1's and Optax's learning rate)."""
+  return {name: 0.1 for name, p in inspect.signature(preset).parameters.items() if p.default is p.empty}
+
+
 @pytest.mark.parametrize("name", ["pytorch", "keras", "tf1", "timm_tf"])
 def test_injected_presets_keep_no_momentum_buffer_unless_given_a_momentum(name):
   # inject_hyperparams turns every number into an array, and an array momentum keeps its
@@ -264,10 +269,6 @@ def test_injected_presets_keep_no_momentum_buffer_unless_given_a_momentum(name):
   assert optax_lib.inject_hyperparams(preset)(**_required(preset)).init(params).inner_state.trace is None
   injected = optax_lib.inject_hyperparams(preset)(**_required(preset), momentum=0.0)
   assert injected.init(params).inner_state.trace["w"].shape == (3,)
-
-
-def _required(preset):
-  return {name: 0.1 for name, p in inspect.signature(preset).parameters.items() if p.default is p.empty}
 
 
 @pytest.mark.parametrize("name", presets.__all__)
@@ -288,6 +289,7 @@ def test_a_torch_tensor_learning_rate_is_named_in_the_message():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(decay=0.99999999), "`decay` must stay below 1 in float32, the precision TF1 uses it in, but got decay=0.99999999"),
+    (dict(momentum=0.99999999), "`momentum` must stay below 1 in float32, the precision TF1 uses it in, but got momentum=0.99999999"),
     (dict(learning_rate=1e39), "`learning_rate` must fit in float32, the precision TF1 computes its hyperparameters in, but got learning_rate=1e+39"),
 ])
 def test_tf1_preset_names_a_number_that_float32_cannot_hold_as_given(kwargs, message):
