@@ -72,7 +72,8 @@ def rmsprop(
     centered: divide by the root of the variance :math:`v - m^2` instead of the raw second
       moment (Graves, 2013); keeps the gradient average :math:`m` in the state.
     momentum: :math:`\mu` in [0, 1), or None for no momentum buffer at all.
-    nesterov: Nesterov's look-ahead on the momentum buffer (needs ``momentum``).
+    nesterov: Nesterov's look-ahead on the momentum buffer (needs ``momentum``; with a
+      momentum of 0 it is the plain step, as in Optax).
     lr_in_momentum: True accumulates learning-rate-scaled steps in the buffer (Optax, Keras,
       TF1); False accumulates raw preconditioned gradients and scales the buffer by the
       learning rate when applying it (PyTorch). They differ once the learning rate changes.

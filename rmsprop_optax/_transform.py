@@ -716,8 +716,9 @@ def validate(config: _Config) -> _Config:
   )
   if config.momentum is not None:
     _validation.check_unit_interval(fn, name("momentum"), config.momentum, "the momentum buffer's decay")
-  # Only the Python number 0 is static: an array may be an injected momentum that rises later.
-  if config.nesterov and (config.momentum is None or _validation.is_static_zero(config.momentum)):
+  # A momentum of 0 is accepted, as Optax does: it is the plain step, and under
+  # inject_hyperparams a 0 set by tree_set arrives as a Python int outside jit, an array inside.
+  if config.nesterov and config.momentum is None:
     raise ValueError(
         f"{fn}: nesterov=True needs a momentum, but got momentum={config.momentum!r}. "
         "Nesterov's look-ahead is a property of the momentum buffer: pass momentum=0.9 "

@@ -261,10 +261,10 @@ def optax(
   product of the decays applied so far, where Optax takes the current decay to the power of
   the count; while the decay stays constant the two agree, up to rounding.
   """
-  # Optax builds no trace for momentum=None and a trace of decay 0 for momentum=0: either
-  # way its Nesterov step is the plain one, and `rmsprop` would reject the flag.
+  # Optax builds no trace for momentum=None, where its Nesterov step is the plain one and
+  # `rmsprop` would reject the flag.
   check_flag("presets.optax", "nesterov", nesterov)
-  nesterov = nesterov and momentum is not None and not is_static_zero(momentum)
+  nesterov = nesterov and momentum is not None
   return make(
       "presets.optax", {}, learning_rate, decay, eps, eps_in_sqrt=eps_in_sqrt,
       initial_scale=initial_scale, centered=centered, momentum=momentum, nesterov=nesterov,

@@ -48,8 +48,30 @@ def test_concrete_array_hyperparameters_are_checked_too():
 def test_nesterov_without_momentum_is_rejected():
   with pytest.raises(ValueError, match=r"nesterov=True needs a momentum, but got momentum=None.*pass momentum=0.9"):
     rmsprop(0.1, nesterov=True)
-  with pytest.raises(ValueError, match=r"nesterov=True needs a momentum, but got momentum=0.0"):
-    rmsprop(0.1, momentum=0.0, nesterov=True)
+
+
+def _assert_steps_are_optax_zero_momentum_nesterov(update_fns, state):
+  params, grads = jnp.array([0.2, 0.4, 0.6], jnp.float32), jnp.array([-0.5, 0.3, 0.24], jnp.float32)
+  theirs = optax.rmsprop(0.1, momentum=0.0, nesterov=True)
+  expected_state = theirs.init(params)
+  for update in update_fns:
+    updates, state = update(grads, state, params)
+    expected, expected_state = theirs.update(grads, expected_state, params)
+    np.testing.assert_allclose(updates, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0, 0.0])
+def test_a_zero_momentum_with_nesterov_is_the_plain_step_as_in_optax(momentum):
+  ours = rmsprop(0.1, momentum=momentum, nesterov=True)
+  _assert_steps_are_optax_zero_momentum_nesterov([ours.update] * 3, ours.init(jnp.zeros(3)))
+
+
+def test_tree_set_of_an_int_zero_momentum_with_nesterov_works_outside_jit():
+  # inject_hyperparams keeps a Python int as it is, so outside jit the 0 reaches rmsprop as a
+  # constant; inside jit it would be an array. Both must take the same step.
+  ours = optax.inject_hyperparams(rmsprop)(learning_rate=0.1, momentum=0.9, nesterov=True)
+  state = optax.tree_utils.tree_set(ours.init(jnp.zeros(3)), momentum=0)
+  _assert_steps_are_optax_zero_momentum_nesterov([ours.update, jax.jit(ours.update)], state)
 
 
 def test_an_injected_zero_momentum_with_nesterov_is_accepted_as_it_may_rise():
