@@ -509,6 +509,11 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
 
   def init_fn(params):
     _validation.check_init_params(config.fn, params)
+    nu_dtype = _validation.available_dtype(config.fn, "nu_dtype", config.nu_dtype)
+    momentum_dtype = (
+        _validation.available_dtype(config.fn, "momentum_dtype", config.momentum_dtype)
+        if use_momentum else None
+    )
     params = jax.tree.map(_as_array, params)  # Python numbers too, as Optax accepts them
 
     def buffers(value, chosen, real):
@@ -518,9 +523,9 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
 
     return RMSPropState(
         count=zero_scalar(params) if keep_count else None,
-        nu=buffers(config.initial_scale, config.nu_dtype, True),
-        mu=buffers(0.0, config.nu_dtype, False) if config.centered else None,
-        trace=buffers(0.0, config.momentum_dtype, False) if use_momentum else None,
+        nu=buffers(config.initial_scale, nu_dtype, True),
+        mu=buffers(0.0, nu_dtype, False) if config.centered else None,
+        trace=buffers(0.0, momentum_dtype, False) if use_momentum else None,
         # log(1): no decay applied yet.
         log_decay_product=zero_scalar(params, _wide_float()) if keep_decay_product else None,
     )

@@ -7,6 +7,7 @@ under `jit`): those cannot be inspected and pass through. Only concrete numbers 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import jax
@@ -186,6 +187,22 @@ def check_dtype(fn: str, name: str, dtype: Any) -> Any:
         "a real floating type; leave it None to use the parameter's precision."
     )
   return resolved
+
+
+def available_dtype(fn: str, name: str, dtype: Any) -> Any:
+  """`dtype` as JAX stores it; warns, naming the argument, where a 64-bit one becomes 32."""
+  if dtype is None:
+    return None
+  stored = jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
+  if stored != dtype:
+    warnings.warn(
+        f"{fn}: `{name}`={jnp.dtype(dtype).name} is not available while jax_enable_x64 is "
+        f"off, so the state is stored as {stored.name}. Enable it before init "
+        f"(jax.config.update('jax_enable_x64', True)), or pass {name}=jnp.{stored.name}.",
+        UserWarning,
+        stacklevel=3,
+    )
+  return stored
 
 
 def check_int(fn: str, name: str, value: Any) -> None:

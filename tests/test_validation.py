@@ -104,6 +104,24 @@ def test_non_floating_state_dtypes_are_rejected():
     scale_by_rms(nu_dtype="half-precision-please")
 
 
+@pytest.mark.parametrize("name", ["nu_dtype", "momentum_dtype"])
+def test_a_float64_state_without_x64_warns_as_jax_does_and_stores_float32(name):
+  opt = rmsprop(0.1, momentum=0.9, centered=True, **{name: jnp.float64})
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    state = opt.init(jnp.ones(3, jnp.float32))
+  # One warning, ours, naming the argument (not also JAX's, which names none).
+  assert len(caught) == 1 and caught[0].category is UserWarning, [str(w.message) for w in caught]
+  assert re.search(rf"`{name}`=float64 is not available while jax_enable_x64 is off.*pass {name}=jnp.float32",
+                   str(caught[0].message))
+  assert caught[0].filename == __file__  # points at the caller's init
+  assert {"nu_dtype": state.nu, "momentum_dtype": state.trace}[name].dtype == jnp.float32
+  with jax.enable_x64(True), warnings.catch_warnings():
+    warnings.simplefilter("error")
+    state = opt.init(jnp.ones(3, jnp.float32))
+  assert {"nu_dtype": state.nu, "momentum_dtype": state.trace}[name].dtype == jnp.float64
+
+
 def test_dtype_arrays_from_inject_hyperparams_get_a_clear_error():
   with pytest.raises(TypeError, match=r"`nu_dtype` must be None or a floating dtype, but got an array.*nu_dtype='bfloat16'"):
     optax.inject_hyperparams(rmsprop)(learning_rate=0.1, nu_dtype=jnp.bfloat16).init(jnp.ones(3, jnp.float32))
