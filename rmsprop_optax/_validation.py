@@ -378,6 +378,18 @@ def check_update_inputs(
           "parameters' own kind (jax.grad of a complex parameter is complex), or re-run init "
           "on the parameters you optimize."
       )
+  if params is not None and jax.tree.structure(params) == update_def:
+    # The buffers cannot tell a real parameter's state from a complex one's where all are
+    # real (plain RMSProp keeps only the real `nu`), but the params can.
+    for index, (p, g) in enumerate(zip(jax.tree.leaves(params), grads)):
+      if jnp.iscomplexobj(g) and not jnp.iscomplexobj(p):
+        raise TypeError(
+            f"{fn}.update: the gradient at {path_of(index)} is complex "
+            f"({jnp.result_type(g).name}), but its parameter is real "
+            f"({jnp.result_type(p).name}): the step's imaginary part could not be applied, "
+            "yet it would enter the average of squares. Pass jnp.real of the gradient, or "
+            "make the parameter complex and re-run init."
+        )
   if needs_params is None:
     return
   if params is None:

@@ -320,6 +320,17 @@ def test_update_rejects_real_gradients_for_complex_params_and_the_reverse(kwargs
     opt.update({"x": jnp.ones(2, jnp.complex64)}, state)
 
 
+@pytest.mark.parametrize("params", [jnp.ones(2, jnp.float32), 1.0])
+def test_a_complex_gradient_for_a_real_param_is_rejected_where_params_are_given(params):
+  # Plain RMSProp keeps only the real average of squares, so the state cannot tell; the params can.
+  opt = rmsprop(0.1)
+  grads = jnp.ones(np.shape(params), jnp.complex64)
+  with pytest.raises(TypeError, match=re.escape("the gradient at <root> is complex (complex64), but its parameter is real (float32)")):
+    opt.update(grads, opt.init(params), params)
+  with pytest.raises(TypeError, match=r"is complex \(complex64\), but its parameter is real"):
+    jax.jit(opt.update)(grads, opt.init(params), params)
+
+
 def test_python_numbers_work_as_leaves_as_in_optax():
   params, grads = {"a": 1.5, "b": jnp.ones(2, jnp.float32)}, {"a": -0.5, "b": jnp.full(2, 0.25, jnp.float32)}
   ours, theirs = rmsprop(0.1, momentum=0.9), optax.rmsprop(0.1, momentum=0.9)
