@@ -31,12 +31,29 @@ def _mix(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
+def _seed_bits(seed: int) -> jax.Array:
+  """A Python int seed as 32 bits: as itself in [-2**31, 2**32), else every word hashed in.
+
+  Seeds an int32 or uint32 can hold keep their bits (an injected seed arrives as int32);
+  larger ones, such as 64-bit seeds, are folded word by word, so 2**32 + s is not s.
+  """
+  bits = jnp.uint32(seed & 0xFFFFFFFF)
+  if -2**31 <= seed < 2**32:
+    return bits
+  rest = seed >> 32
+  while True:
+    bits = _mix(bits ^ _GOLDEN) ^ jnp.uint32(rest & 0xFFFFFFFF)
+    if rest in (0, -1):  # the sign word is hashed in too: -2**40 is not 2**40's mirror
+      return bits
+    rest >>= 32
+
+
 def stream_key(seed: int, count: jax.Array, stream: int) -> jax.Array:
   """A uint32 scalar naming one (seed, step, stream) triple; streams separate leaves and fields."""
   if isinstance(seed, (jax.Array, np.ndarray)):  # injected by optax.inject_hyperparams
     seed_bits = jnp.asarray(seed).astype(jnp.uint32)
   else:
-    seed_bits = jnp.uint32(seed & 0xFFFFFFFF)
+    seed_bits = _seed_bits(int(seed))
   h = _mix(seed_bits ^ _GOLDEN)
   h = _mix(h ^ count.astype(jnp.uint32))
   return _mix(h ^ (jnp.uint32(stream & 0xFFFFFFFF) * _GOLDEN))

@@ -459,6 +459,16 @@ def test_stream_keys_are_distinct_for_every_seed_step_and_stream():
   assert len(set(np.asarray(keys).ravel().tolist())) == 50 * 4 * 6
 
 
+def test_seeds_beyond_32_bits_are_folded_in_not_dropped():
+  count = jnp.int32(7)
+  wide = [2**32, 2**32 + 1, 2**40, -2**40, 2**63 - 1, -2**63, 2**64, 2**100]
+  keys = [int(_rounding.stream_key(s, count, 0)) for s in [0, 1, -1, 2**31 - 1, 2**32 - 2, *wide]]
+  assert len(set(keys)) == len(keys)
+  # An injected seed arrives as an int32 array: it must name the same stream as the int.
+  for seed in [0, 5, -1, -2**31, 2**31 - 1]:
+    assert int(_rounding.stream_key(jnp.int32(seed), count, 0)) == int(_rounding.stream_key(seed, count, 0))
+
+
 def test_the_update_draws_its_own_stream_for_every_leaf_field_and_step(monkeypatch):
   # The keys the optimizer itself builds, for three leaves of the same shape with the average
   # of squares, the average of gradients and the momentum buffer all in bfloat16.
