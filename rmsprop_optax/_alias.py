@@ -118,7 +118,7 @@ def rmsprop(
       has a nonzero imaginary part, or ``nesterov`` has no momentum.
     TypeError: a hyperparameter is not a number, a scalar array or a schedule (None
       included), a structural option is not True or False, ``seed`` is not an integer, or
-      a dtype argument is not a real floating dtype.
+      a dtype argument is not a real floating dtype of at least 16 bits.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax

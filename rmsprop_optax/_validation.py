@@ -186,6 +186,16 @@ def check_dtype(fn: str, name: str, dtype: Any) -> Any:
         f"jnp.bfloat16, but got {name}={resolved.name}. Storage of a running average needs "
         "a real floating type; leave it None to use the parameter's precision."
     )
+  info = jnp.finfo(resolved)
+  if info.bits < 16:
+    squares = (f": a gradient above {math.sqrt(float(info.max)):.3g} overflows it once squared"
+               if name == "nu_dtype" else "")
+    raise TypeError(
+        f"{fn}: `{name}` must be a floating dtype of at least 16 bits, but got "
+        f"{name}={resolved.name}, which holds {info.nmant} mantissa bits and values up to "
+        f"{float(info.max):g}{squares}. Pass 'bfloat16', which has float32's range, with "
+        "stochastic_rounding=True to keep a narrow state unbiased."
+    )
   return resolved
 
 

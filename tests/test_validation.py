@@ -122,6 +122,14 @@ def test_a_float64_state_without_x64_warns_as_jax_does_and_stores_float32(name):
   assert {"nu_dtype": state.nu, "momentum_dtype": state.trace}[name].dtype == jnp.float64
 
 
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", jnp.float8_e4m3fn])
+@pytest.mark.parametrize("name", ["nu_dtype", "momentum_dtype"])
+def test_eight_bit_state_dtypes_are_rejected(name, dtype):
+  # float8_e4m3fn turns a squared gradient above 448 into NaN; e5m2 keeps 2 mantissa bits.
+  with pytest.raises(TypeError, match=rf"`{name}` must be a floating dtype of at least 16 bits, but got {name}=float8_e.*'bfloat16'"):
+    rmsprop(0.1, momentum=0.9, **{name: dtype})
+
+
 def test_dtype_arrays_from_inject_hyperparams_get_a_clear_error():
   with pytest.raises(TypeError, match=r"`nu_dtype` must be None or a floating dtype, but got an array.*nu_dtype='bfloat16'"):
     optax.inject_hyperparams(rmsprop)(learning_rate=0.1, nu_dtype=jnp.bfloat16).init(jnp.ones(3, jnp.float32))
