@@ -80,22 +80,27 @@ def zero_scalar(params: Any, dtype: Any = np.int32) -> jax.Array:
   when the mesh spans several processes (`jax.distributed.initialize()`).
 
   Params committed to one device (`device_put(params, device)`) get the scalar on that
-  device. Params whose leaves were committed to different devices by hand get it
+  device. Params whose leaves were committed to different devices or meshes by hand get it
   uncommitted, as Optax's count is: committed to any one of them, it would make an update
   outside `jit` fail with "incompatible devices" on the leaves of the others.
   """
-  committed = set()
+  meshes, devices = set(), set()
   for leaf in jax.tree.leaves(params):
     if isinstance(leaf, jax.core.Tracer) or not isinstance(leaf, jax.Array):
       continue
     sharding = leaf.sharding
     if isinstance(sharding, NamedSharding):
-      replicated = NamedSharding(sharding.mesh, PartitionSpec())
+      meshes.add(sharding.mesh)
+      devices |= sharding.device_set
+    elif isinstance(sharding, SingleDeviceSharding) and leaf.committed:
+      devices |= sharding.device_set
+  if len(meshes) == 1:
+    (mesh,) = meshes
+    if devices == set(mesh.devices.flat):  # no leaf committed outside the mesh
+      replicated = NamedSharding(mesh, PartitionSpec())
       return jax.make_array_from_callback((), replicated, lambda _: np.zeros((), dtype))
-    if isinstance(sharding, SingleDeviceSharding) and leaf.committed:
-      committed |= sharding.device_set
-  if len(committed) == 1:
-    return jax.device_put(np.zeros((), dtype), SingleDeviceSharding(*committed))
+  elif not meshes and len(devices) == 1:
+    return jax.device_put(np.zeros((), dtype), SingleDeviceSharding(*devices))
   return jnp.zeros([], dtype)
 
 

@@ -229,27 +229,32 @@ def test_init_takes_params_described_by_shape_dtype_structs_as_optax_does():
     dict(learning_rate=0.1, bias_correction=True),
     dict(learning_rate=0.1, nu_dtype=jnp.bfloat16, stochastic_rounding=True),
 ], ids=["schedule", "bias-correction", "stochastic-rounding"])
-def test_params_committed_to_several_devices_update_outside_jit(kwargs):
-  # Leaves put on devices of their own by hand, no mesh: the state's scalars (the count the
-  # schedule, the correction and the random bits read) stay uncommitted, as Optax's count,
-  # so that an eager update can combine them with every leaf.
+@pytest.mark.parametrize("placement", ["devices", "meshes"])
+def test_params_committed_to_several_devices_update_outside_jit(kwargs, placement):
+  # Leaves put on devices of their own by hand, or each on a mesh of its own: the state's
+  # scalars (the count the schedule, the correction and the random bits read) stay
+  # uncommitted, as Optax's count, so that an eager update can combine them with every leaf.
   rng = np.random.default_rng(5)
-  devices = dict(zip("ab", jax.devices()[1:3]))
-  params = {name: rng.normal(size=(3, 2)).astype(np.float32) for name in devices}
-  grads = {name: rng.normal(size=(3, 2)).astype(np.float32) for name in devices}
+  if placement == "devices":
+    shardings = dict(zip("ab", map(jax.sharding.SingleDeviceSharding, jax.devices()[1:3])))
+  else:
+    meshes = [jax.make_mesh((4,), ("x",), devices=jax.devices()[i:i + 4]) for i in (0, 4)]
+    shardings = {name: NamedSharding(mesh, P("x")) for name, mesh in zip("ab", meshes)}
+  params = {name: rng.normal(size=(4, 2)).astype(np.float32) for name in shardings}
+  grads = {name: rng.normal(size=(4, 2)).astype(np.float32) for name in shardings}
   opt = rmsprop(decay=0.9, eps=1e-8, **kwargs)
 
   def placed(tree):
-    return {name: jax.device_put(value, devices[name]) for name, value in tree.items()}
+    return {name: jax.device_put(value, shardings[name]) for name, value in tree.items()}
 
   updates, state = opt.update(placed(grads), opt.init(placed(params)), placed(params))
-  for name, device in devices.items():
+  for name, sharding in shardings.items():
     g = grads[name].astype(np.float64)
     v = 0.1 * g**2 / (0.1 if kwargs.get("bias_correction") else 1.0)
     # bfloat16 rounds the stored average to 2**-8 relative, its root's step to half that.
     rtol = 4e-3 if "nu_dtype" in kwargs else 1e-6
     np.testing.assert_allclose(updates[name], -0.1 * g / np.sqrt(v + 1e-8), rtol=rtol)
-    assert updates[name].sharding.device_set == {device}
+    assert updates[name].sharding.device_set == sharding.device_set
 
 
 # ---------------------------------------------------------------------------------------------
