@@ -257,7 +257,16 @@ def _precondition(
       mu_hat = lax.mul(mu_hat, c.inv_correction)
     # v - m^2 is a variance, >= 0 in exact arithmetic; rounding can push it below zero.
     variance = lax.sub(nu_hat, _abs_sq(mu_hat))
-    variance = lax.max(variance, np.zeros((), variance.dtype)[()])
+    stored_bits = min(jnp.finfo(nu_stored.dtype).nmant, jnp.finfo(mu_stored.dtype).nmant)
+    if stored_bits < jnp.finfo(rdt).nmant:
+      # Stored in p mantissa bits, v and m^2 each carry a rounding error of up to 2**-p
+      # of v, so a difference below that is rounding noise, not a variance: floored at
+      # 2**-p v, a step stays within 2**(p/2) g / sqrt(v) (11 g / sqrt(v) for bfloat16)
+      # where a clamp at 0 would give g / sqrt(eps).
+      floor = lax.mul(nu_hat, np.asarray(2.0**-stored_bits, variance.dtype)[()])
+    else:
+      floor = np.zeros((), variance.dtype)[()]
+    variance = lax.max(variance, floor)
   if config.eps_in_sqrt:
     return lax.mul(g, _cast(lax.rsqrt(lax.add(variance, r.eps)), cdt))
   return lax.div(g, _cast(lax.add(lax.sqrt(variance), r.eps), cdt))

@@ -325,6 +325,37 @@ def test_stochastic_rounding_keeps_a_bfloat16_average_within_a_few_percent_of_fl
     np.testing.assert_allclose(stochastic[-1], exact[-1], rtol=0.04)
 
 
+@pytest.mark.parametrize("dtype, stochastic", [(np.float32, False), (np.float32, True), (np.complex64, True)],
+                         ids=["real-nearest", "real-stochastic", "complex-stochastic"])
+def test_centered_bfloat16_steps_stay_within_a_few_times_the_exact_ones_where_the_variance_is_small(
+    dtype, stochastic):
+  # Gradients of high signal to noise, 1 + 0.1 N(0, 1): late in the run v - m^2 is about 6% of
+  # v (m still carries its start at 0), within the few bfloat16 ulps by which a stored v or m
+  # wanders, so rounding can make v - m^2 negative. A clamp at 0 alone then stepped by
+  # lr * g / sqrt(eps), over a thousand times the exact step; the floor at 2**-7 v bounds a
+  # step by lr * g * 2**3.5 / sqrt(v), under 3 times the exact largest step here.
+  n, steps, lr, decay, eps = 256, 3000, 1e-3, 0.999, 1e-8
+  rng = np.random.default_rng(4)
+  grads = (1 + 0.1 * rng.normal(size=(steps, n))).astype(dtype)
+  v = np.zeros(n)
+  m = np.zeros(n, np.complex128 if dtype == np.complex64 else np.float64)
+  exact = []
+  for g in grads.astype(m.dtype):
+    v = decay * v + (1 - decay) * np.abs(g) ** 2
+    m = decay * m + (1 - decay) * g
+    exact.append(np.abs(lr * g / np.sqrt(v - np.abs(m) ** 2 + eps)))
+  opt = rmsprop(lr, decay, eps, centered=True, nu_dtype=BF16, stochastic_rounding=stochastic)
+
+  def body(state, g):
+    u, state = opt.update(g, state)
+    return state, jnp.max(jnp.abs(u))
+
+  _, largest = jax.jit(lambda s, gs: jax.lax.scan(body, s, gs))(opt.init(jnp.zeros(n, dtype)), jnp.asarray(grads))
+  late = slice(steps // 3, None)  # once the variance is a small fraction of v
+  ratio = np.max(largest[late]) / np.max(np.asarray(exact)[late])
+  assert ratio < 3.5, ratio
+
+
 @pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
 def test_bfloat16_momentum_buffer_tracks_float32_only_with_stochastic_rounding(stochastic):
   # Buffer b = mu * b + lr * u with a constant u: at mu = 0.999 it should reach lr * u * (1 - mu**t) / (1 - mu).
