@@ -267,6 +267,10 @@ def _precondition(
     else:
       floor = np.zeros((), variance.dtype)[()]
     variance = lax.max(variance, floor)
+    # Where the square of a gradient overflows, v (and then m^2) is inf and inf - inf NaN:
+    # take v's inf, so that coordinate's step is 0, as it is without centering.
+    infinite = np.asarray(np.inf, variance.dtype)[()]
+    variance = lax.select(lax.lt(nu_hat, infinite), variance, nu_hat)
   if config.eps_in_sqrt:
     return lax.mul(g, _cast(lax.rsqrt(lax.add(variance, r.eps)), cdt))
   return lax.div(g, _cast(lax.add(lax.sqrt(variance), r.eps), cdt))
