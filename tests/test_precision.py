@@ -356,6 +356,29 @@ def test_centered_bfloat16_steps_stay_within_a_few_times_the_exact_ones_where_th
   assert ratio < 3.5, ratio
 
 
+@pytest.mark.parametrize("decay", [0.9999, 0.99999])
+def test_a_float32_average_settles_within_its_stall_band_of_the_weights_fixed_point(decay):
+  # v <- d32 * v + w with g**2 = 1 has the fixed point w / (1 - d32): with a Python decay
+  # w is (1 - decay) rounded from double, with a float32 array decay 1 - d32, which sums
+  # with d32 to 1. Rounding stops v short of it once the step (1 - d) |fixed - v| is under
+  # half an ulp: within 2**-24 / (1 - d), one binade either side of 1.
+  d32 = np.float32(decay)
+  steps = int(40 / (1 - decay))
+  band = 2.0**-24 / (1 - decay)
+  fixed_points = {}
+  for form, given, added in [("python", decay, np.float32(1 - decay)), ("array", jnp.float32(decay), 1 - d32)]:
+    opt = rmsprop(1.0, given)
+    body = lambda state, _: (opt.update(jnp.ones(1, jnp.float32), state)[1], None)  # noqa: E731
+    state, _ = jax.jit(lambda s: jax.lax.scan(body, s, None, length=steps))(opt.init(jnp.zeros(1)))
+    fixed = float(added) / (1 - float(d32))
+    settled = float(state.nu[0])
+    assert fixed - 1.5 * band <= settled <= fixed + 2.0**-23, (form, settled, fixed, band)
+    fixed_points[form] = fixed
+  # The Python number's fixed point sits (1 - decay) / (1 - d32) of the way, as documented.
+  np.testing.assert_allclose(fixed_points["python"], (1 - decay) / (1 - float(d32)), rtol=1e-7)
+  assert fixed_points["array"] == 1.0
+
+
 @pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
 def test_bfloat16_momentum_buffer_tracks_float32_only_with_stochastic_rounding(stochastic):
   # Buffer b = mu * b + lr * u with a constant u: at mu = 0.999 it should reach lr * u * (1 - mu**t) / (1 - mu).
