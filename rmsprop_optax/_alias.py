@@ -83,8 +83,8 @@ def rmsprop(
       the divisor is 1 minus the product of the decays applied so far, which the state
       keeps (as its log), and so it does for a decay given as a JAX array, which may
       change between steps (as under `optax.inject_hyperparams`).
-    weight_decay: :math:`\lambda >= 0`, or None (the default) for no weight decay; the Python
-      number 0 also turns it off. Without it ``update`` needs no ``params``. (A default of 0
+    weight_decay: :math:`\lambda >= 0`, or None (the default) for no weight decay; a Python
+      or NumPy 0 also turns it off. Without it ``update`` needs no ``params``. (A default of 0
       would be injected as an array by `optax.inject_hyperparams` and keep decay on.)
     decoupled_weight_decay: False adds :math:`\lambda p` to the gradient before everything
       (PyTorch, timm's default); True subtracts :math:`\eta_t \lambda p` from the parameters
@@ -169,7 +169,7 @@ def make(
   )
   config = validate(_Config(
       fn=fn, learning_rate=learning_rate, decay=decay, eps=eps,
-      # None or the Python number 0 means no weight decay: no params needed, no work done.
+      # None or a Python or NumPy 0 means no weight decay: no params needed, no work done.
       weight_decay=None if is_static_zero(weight_decay) else weight_decay,
       arg_names=arg_names, **{**defaults, **flags},
   ))

@@ -37,13 +37,13 @@ def _is_number(value: Any) -> bool:
 
 
 def is_static_zero(value: Any) -> bool:
-  """True for a Python number equal to zero.
+  """True for a Python or NumPy number equal to zero (such as a config file's 0.0 or np.float32(0)).
 
   The presets follow their frameworks, which allocate no momentum buffer and read no params
   when momentum or weight decay is the number 0. Arrays (an injected hyperparameter) are
   never static: they may change later, so they keep the buffer and the params.
   """
-  return _is_number(value) and value == 0
+  return (_is_number(value) or isinstance(value, (np.integer, np.floating))) and value == 0
 
 
 def _is_real_array(value: Any) -> bool:

@@ -253,6 +253,9 @@ def test_presets_keep_no_momentum_buffer_when_momentum_is_zero():
   for opt in (presets.pytorch(), presets.keras(), presets.tf1(0.1), presets.timm_tf()):
     assert opt.init(params).trace is None
   assert presets.pytorch(momentum=0.9).init(params).trace["w"].shape == (3,)
+  # A NumPy zero, as a config file read with NumPy gives it, is as constant as a Python one.
+  for zero in (0, 0.0, np.float32(0), np.int64(0)):
+    assert presets.pytorch(momentum=zero).init(params).trace is None
 
 
 def _required(preset):

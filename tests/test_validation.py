@@ -130,6 +130,17 @@ def test_eight_bit_state_dtypes_are_rejected(name, dtype):
     rmsprop(0.1, momentum=0.9, **{name: dtype})
 
 
+@pytest.mark.parametrize("zero", [0, 0.0, np.float32(0), np.float64(0)], ids=lambda z: type(z).__name__)
+def test_a_python_or_numpy_zero_weight_decay_is_off_and_needs_no_params(zero):
+  grads = jnp.array([-0.5, 0.3, 0.24], jnp.float32)
+  ours, theirs = rmsprop(0.1, weight_decay=zero), optax.rmsprop(0.1)
+  updates, _ = ours.update(grads, ours.init(jnp.zeros(3)))  # no params
+  np.testing.assert_array_equal(updates, theirs.update(grads, theirs.init(jnp.zeros(3)))[0])
+  # An array is not constant (an injected coefficient may rise later): it keeps the params.
+  with pytest.raises(ValueError, match=r"weight_decay needs the current parameters"):
+    rmsprop(0.1, weight_decay=jnp.float32(0)).update(grads, ours.init(jnp.zeros(3)))
+
+
 def test_dtype_arrays_from_inject_hyperparams_get_a_clear_error():
   with pytest.raises(TypeError, match=r"`nu_dtype` must be None or a floating dtype, but got an array.*nu_dtype='bfloat16'"):
     optax.inject_hyperparams(rmsprop)(learning_rate=0.1, nu_dtype=jnp.bfloat16).init(jnp.ones(3, jnp.float32))
