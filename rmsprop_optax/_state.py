@@ -91,15 +91,12 @@ def zero_scalar(params: Any, dtype: Any = np.int32) -> jax.Array:
     sharding = leaf.sharding
     if isinstance(sharding, NamedSharding):
       meshes.add(sharding.mesh)
-      devices |= sharding.device_set
     elif isinstance(sharding, SingleDeviceSharding) and leaf.committed:
       devices |= sharding.device_set
-  if len(meshes) == 1:
-    (mesh,) = meshes
-    if devices == set(mesh.devices.flat):  # no leaf committed outside the mesh
-      replicated = NamedSharding(mesh, PartitionSpec())
-      return jax.make_array_from_callback((), replicated, lambda _: np.zeros((), dtype))
-  elif not meshes and len(devices) == 1:
+  if len(meshes) == 1 and not devices:
+    replicated = NamedSharding(meshes.pop(), PartitionSpec())
+    return jax.make_array_from_callback((), replicated, lambda _: np.zeros((), dtype))
+  if not meshes and len(devices) == 1:
     return jax.device_put(np.zeros((), dtype), SingleDeviceSharding(*devices))
   return jnp.zeros([], dtype)
 

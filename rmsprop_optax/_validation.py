@@ -7,12 +7,30 @@ under `jit`): those cannot be inspected and pass through. Only concrete numbers 
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+# Where a warning should not point: the frames of this package and of the libraries that call
+# it (optax's wrappers, jax's tracing), so that it names the user's line.
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(module.__file__) + os.sep for module in (sys.modules[__package__], optax, jax)
+)
+
+
+def _user_stacklevel() -> int:
+  """The `stacklevel` of `warnings.warn`, called from this function's caller, that points
+  at the first frame outside the library directories."""
+  level, frame = 1, sys._getframe(1)
+  while frame.f_back is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+    level, frame = level + 1, frame.f_back
+  return level
 
 
 def concrete_number(value: Any) -> float | None:
@@ -192,7 +210,8 @@ def check_dtype(fn: str, name: str, dtype: Any) -> Any:
                if name == "nu_dtype" else "")
     raise TypeError(
         f"{fn}: `{name}` must be a floating dtype of at least 16 bits, but got "
-        f"{name}={resolved.name}, which holds {info.nmant} mantissa bits and values up to "
+        f"{name}={resolved.name}, which holds {info.nmant} mantissa "
+        f"bit{'s' if info.nmant != 1 else ''} and values up to "
         f"{float(info.max):g}{squares}. Pass 'bfloat16', which has float32's range, with "
         "stochastic_rounding=True to keep a narrow state unbiased."
     )
@@ -210,7 +229,7 @@ def available_dtype(fn: str, name: str, dtype: Any) -> Any:
         f"off, so the state is stored as {stored.name}. Enable it before init "
         f"(jax.config.update('jax_enable_x64', True)), or pass {name}=jnp.{stored.name}.",
         UserWarning,
-        stacklevel=3,
+        stacklevel=_user_stacklevel(),
     )
   return stored
 

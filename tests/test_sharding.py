@@ -229,7 +229,7 @@ def test_init_takes_params_described_by_shape_dtype_structs_as_optax_does():
     dict(learning_rate=0.1, bias_correction=True),
     dict(learning_rate=0.1, nu_dtype=jnp.bfloat16, stochastic_rounding=True),
 ], ids=["schedule", "bias-correction", "stochastic-rounding"])
-@pytest.mark.parametrize("placement", ["devices", "meshes"])
+@pytest.mark.parametrize("placement", ["devices", "meshes", "mesh-and-device"])
 def test_params_committed_to_several_devices_update_outside_jit(kwargs, placement):
   # Leaves put on devices of their own by hand, or each on a mesh of its own: the state's
   # scalars (the count the schedule, the correction and the random bits read) stay
@@ -237,9 +237,12 @@ def test_params_committed_to_several_devices_update_outside_jit(kwargs, placemen
   rng = np.random.default_rng(5)
   if placement == "devices":
     shardings = dict(zip("ab", map(jax.sharding.SingleDeviceSharding, jax.devices()[1:3])))
-  else:
+  elif placement == "meshes":
     meshes = [jax.make_mesh((4,), ("x",), devices=jax.devices()[i:i + 4]) for i in (0, 4)]
     shardings = {name: NamedSharding(mesh, P("x")) for name, mesh in zip("ab", meshes)}
+  else:  # one leaf over a mesh, the other on one of the mesh's own devices
+    mesh = jax.make_mesh((4,), ("x",), devices=jax.devices()[:4])
+    shardings = {"a": NamedSharding(mesh, P("x")), "b": jax.sharding.SingleDeviceSharding(jax.devices()[0])}
   params = {name: rng.normal(size=(4, 2)).astype(np.float32) for name in shardings}
   grads = {name: rng.normal(size=(4, 2)).astype(np.float32) for name in shardings}
   opt = rmsprop(decay=0.9, eps=1e-8, **kwargs)

@@ -115,6 +115,13 @@ def test_a_float64_state_without_x64_warns_as_jax_does_and_stores_float32(name):
   assert re.search(rf"`{name}`=float64 is not available while jax_enable_x64 is off.*pass {name}=jnp.float32",
                    str(caught[0].message))
   assert caught[0].filename == __file__  # points at the caller's init
+  # Through Optax's wrappers and jax's tracing too, not at their code.
+  for wrapped in (optax.chain(optax.clip(1.0), opt), optax.masked(opt, lambda p: True)):
+    for init in (wrapped.init, jax.jit(wrapped.init)):
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        init(jnp.ones(3, jnp.float32))
+      assert [w.filename for w in caught] == [__file__]
   assert {"nu_dtype": state.nu, "momentum_dtype": state.trace}[name].dtype == jnp.float32
   with jax.enable_x64(True), warnings.catch_warnings():
     warnings.simplefilter("error")
