@@ -6,8 +6,9 @@ of the step count, 0 on the first update) wherever it takes a learning rate, and
 The equations behind each one are in the README's framework table.
 
 Where a framework decides structure from a number (PyTorch and Keras keep no momentum
-buffer when momentum is 0), so do the presets, but only for Python numbers: an array, such
-as one injected by `optax.inject_hyperparams`, keeps the buffer, since it may change later.
+buffer when momentum is 0), so do the presets, but only for Python and NumPy numbers: an
+array, such as one injected by `optax.inject_hyperparams`, keeps the buffer, since it may
+change later.
 For the same reason `momentum` and `weight_decay` default to None where the framework's
 default is 0: the same step, but `inject_hyperparams` leaves None alone, where it would
 inject a 0 as an array that keeps a momentum buffer as large as the params, or keeps weight
@@ -28,8 +29,10 @@ import optax
 
 from rmsprop_optax._alias import make
 from rmsprop_optax._state import RMSPropState
-from rmsprop_optax._transform import ScalarOrSchedule, _as_array
-from rmsprop_optax._validation import check_flag, is_static_zero, path_at
+from rmsprop_optax._transform import ScalarOrSchedule, _as_array, _compute_dtype
+from rmsprop_optax._validation import (
+    check_flag, check_nonnegative, check_number, is_static_zero, path_at, real_part,
+)
 
 __all__ = ["keras", "optax", "pytorch", "tf1", "timm_tf"]
 
@@ -155,6 +158,9 @@ def keras(
     epsilon: ScalarOrSchedule = 1e-7,
     centered: bool = False,
     weight_decay: ScalarOrSchedule | None = None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
 ) -> _optax.GradientTransformationExtraArgs:
   r"""Keras 3 `keras.optimizers.RMSprop`: eps inside the root, learning rate inside momentum.
 
@@ -168,16 +174,90 @@ def keras(
   ``LearningRateSchedule`` too), ``learning_rate`` may be a callable of no argument, which
   Keras calls for the current value: it is called at every update (under ``jit``, once per
   trace, as in a Keras train step compiled by JAX).
+
+  Keras's gradient clipping, at most one of the three, is applied to the gradients first,
+  with Keras's arithmetic: ``clipnorm`` scales each leaf's gradient to an L2 norm of at most
+  ``clipnorm`` (:math:`g c / \max(\|g\|, c)`), ``global_clipnorm`` scales all of them by
+  :math:`c \min(1/N, 1/c)` for their joint norm :math:`N` (NaN where :math:`N` is not
+  finite, as in Keras), ``clipvalue`` clips each coordinate to :math:`[-c, c]`. As in Keras a
+  value of 0 means no clipping.
   """
   if callable(learning_rate) and _takes_no_argument(learning_rate):
     current = learning_rate
     learning_rate = lambda count: current()  # noqa: E731
-  return make(
+  inner = make(
       "presets.keras", {"decay": "rho", "eps": "epsilon"}, learning_rate, rho, epsilon,
       eps_in_sqrt=True, initial_scale=0.0, centered=centered, momentum=_momentum_or_none(momentum), lr_in_momentum=True,
       weight_decay=weight_decay,
       decoupled_weight_decay=True,
   )
+  return _keras_clipping(inner, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm)
+
+
+def _keras_clipping(inner: _optax.GradientTransformationExtraArgs, **clipping: Any) -> _optax.GradientTransformationExtraArgs:
+  """`inner` after Keras's `_clip_gradients`: the one clipping argument given, if any.
+
+  Stateless, so the state stays `inner`'s. A concrete value of 0 turns clipping off, as in
+  Keras; an array (an injected value) is applied where it is above 0, so it may change.
+  """
+  fn = "presets.keras"
+  given = {name: value for name, value in clipping.items() if value is not None}
+  if len(given) > 1:
+    listed = ", ".join(f"{name}={value!r}" for name, value in given.items())
+    raise ValueError(
+        f"{fn}: only one of `clipnorm`, `clipvalue` and `global_clipnorm` may be set, as in "
+        f"Keras, but got {listed}. Keep the one you mean and leave the others None."
+    )
+  if not given:
+    return inner
+  ((name, value),) = given.items()
+  check_number(fn, name, value, schedulable=False)
+  value = real_part(fn, name, value)
+  check_nonnegative(fn, name, value, "the clipping threshold; 0 turns clipping off")
+  if is_static_zero(value):
+    return inner
+
+  def clip(updates):
+    leaves, treedef = jax.tree.flatten(updates)
+    leaves = [jnp.asarray(g) for g in leaves]  # Python floats too, as Optax takes them
+    if not all(jnp.issubdtype(g.dtype, jnp.inexact) for g in leaves):
+      return updates  # left for the update's own check, which names the leaf
+    # Each leaf in at least float32 (complex stays complex); norms in the widest real dtype.
+    wide = [g.astype(_compute_dtype(g.dtype)) for g in leaves]
+    real = jnp.finfo(_compute_dtype(*[g.dtype for g in wide])).dtype
+    c = jnp.asarray(value).astype(real)
+
+    def squared_norm(g):
+      return jnp.sum(jnp.real(g * jnp.conj(g))).astype(real)
+
+    if name == "clipnorm":
+      clipped = []
+      for g in wide:
+        l2sum = squared_norm(g)
+        positive = l2sum > 0  # Keras's two-sided where: no NaN from the root of 0
+        norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, l2sum, jnp.ones_like(l2sum))), l2sum)
+        clipped.append(g * c.astype(g.dtype) / jnp.maximum(norm, c).astype(g.dtype))
+    elif name == "global_clipnorm":
+      norm = jnp.sqrt(jnp.sum(jnp.stack([squared_norm(g) for g in wide])))
+      scale = c * jnp.minimum(1 / norm, 1 / c) + (norm - norm)  # NaN for a non-finite norm
+      clipped = [g * scale.astype(g.dtype) for g in wide]
+    else:
+      for index, g in enumerate(wide):
+        if jnp.iscomplexobj(g):
+          raise TypeError(
+              f"{fn}.update: `clipvalue` clips each coordinate to [-clipvalue, clipvalue], but "
+              f"the gradient at {path_at(updates, index)} is complex, which has no order. Pass "
+              "clipnorm or global_clipnorm, which clip by magnitude."
+          )
+      clipped = [jnp.clip(g, -c.astype(g.dtype), c.astype(g.dtype)) for g in wide]
+    if not isinstance(value, (int, float, np.number)):  # an array, maybe 0: Keras's `c > 0`
+      clipped = [jnp.where(c > 0, new, g) for new, g in zip(clipped, wide)]
+    return treedef.unflatten([new.astype(g.dtype) for new, g in zip(clipped, leaves)])
+
+  def update_fn(updates, state, params=None, **extra_args):
+    return inner.update(clip(updates), state, params, **extra_args)
+
+  return _optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
 def _tf_float32(name: str, value: Any) -> Any:

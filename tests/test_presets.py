@@ -133,6 +133,70 @@ def test_keras_preset_takes_a_learning_rate_of_no_argument_as_keras_does():
   helpers.assert_close_to_scale(ours, expected)
 
 
+KERAS_CLIPPING = [dict(clipnorm=3.0), dict(global_clipnorm=5.0), dict(clipvalue=2.0)]
+
+
+@pytest.mark.parametrize("clipping", KERAS_CLIPPING, ids=lambda c: next(iter(c)))
+@pytest.mark.parametrize("centered,momentum", [(False, 0.0), (True, 0.9)], ids=["plain", "centered-momentum"])
+def test_keras_preset_clips_gradients_as_keras_does(clipping, centered, momentum):
+  # Thresholds below the problem's gradients (norms about 3 and 10, coordinates up to 8), so
+  # that clipping changes the run: ours must follow Keras's clipped run, not its unclipped one.
+  problem = helpers.Quadratic(SHAPES, seed=42, steps=STEPS)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=6)
+  kwargs = dict(rho=0.9, momentum=momentum, epsilon=1e-7, centered=centered, weight_decay=0.05)
+  expected = _keras_run(problem, lrs, **kwargs, **clipping)
+  unclipped = _keras_run(problem, lrs, **kwargs)
+  ours = helpers.run_optax(presets.keras(_schedule(lrs), **kwargs, **clipping), problem, STEPS)
+  helpers.assert_close_to_scale(ours, expected)
+  scale = max(np.abs(e).max() for e in expected)
+  assert max(np.abs(e - u).max() for e, u in zip(expected, unclipped)) > 100 * 1e-5 * scale
+
+
+def test_keras_preset_refuses_two_clippings_as_keras_does():
+  import keras
+
+  with pytest.raises(ValueError, match="Only one of `clipnorm`, `clipvalue` and `global_clipnorm`"):
+    keras.optimizers.RMSprop(clipnorm=1.0, clipvalue=1.0)
+  with pytest.raises(ValueError, match=r"only one of `clipnorm`, `clipvalue` and `global_clipnorm` may be set.*clipnorm=1.0, clipvalue=1.0"):
+    presets.keras(clipnorm=1.0, clipvalue=1.0)
+  with pytest.raises(ValueError, match=r"`global_clipnorm` must be a finite number >= 0.*got global_clipnorm=-1.0"):
+    presets.keras(global_clipnorm=-1.0)
+
+
+@pytest.mark.parametrize("name", ["clipnorm", "global_clipnorm", "clipvalue"])
+def test_keras_preset_clipping_injected_as_an_array_may_change_and_0_turns_it_off(name):
+  problem = helpers.Quadratic(SHAPES, seed=43, steps=5)
+  params = [jnp.asarray(p) for p in problem.params()]
+  grads = [jnp.asarray(g) for g in problem.grads(problem.params(), 0)]
+  injected = optax_lib.inject_hyperparams(presets.keras)(learning_rate=0.01, **{name: 2.0})
+  state = injected.init(params)
+  expected_state = presets.keras(0.01).init(params)
+  step = jax.jit(injected.update)
+  for value in (2.0, 0.0, 1.0):
+    state.hyperparams[name] = jnp.asarray(value, jnp.float32)
+    updates, state = step(grads, state, params)
+    # Clipping keeps no state: the preset built with this step's value carries the run on.
+    expected, expected_state = presets.keras(0.01, **{name: value}).update(grads, expected_state, params)
+    for u, e in zip(updates, expected):
+      np.testing.assert_allclose(u, e, rtol=1e-6)
+
+
+def test_keras_preset_clipping_leaves_bad_gradients_to_the_updates_own_errors():
+  opt = presets.keras(clipnorm=1.0)
+  params = {"w": jnp.ones(2, jnp.float32), "b": 1.5}  # a Python float leaf is fine
+  updates, _ = opt.update({"w": jnp.full(2, 3.0, jnp.float32), "b": 4.0}, opt.init(params), params)
+  assert np.isfinite(np.asarray(updates["b"])) and updates["w"].shape == (2,)
+  with pytest.raises(TypeError, match=re.escape("the gradient at ['w'] has dtype int32")):
+    opt.update({"w": jnp.ones(2, jnp.int32), "b": 1.0}, opt.init(params), params)
+
+
+def test_keras_preset_clipvalue_names_a_complex_gradient():
+  opt = presets.keras(clipvalue=1.0)
+  params = {"z": jnp.ones(2, jnp.complex64)}
+  with pytest.raises(TypeError, match=re.escape("the gradient at ['z'] is complex, which has no order")):
+    opt.update(params, opt.init(params), params)
+
+
 # --- Optax ----------------------------------------------------------------------------------
 
 OPTAX_CASES = [
