@@ -198,7 +198,9 @@ def _keras_clipping(inner: _optax.GradientTransformationExtraArgs, **clipping: A
   """`inner` after Keras's `_clip_gradients`: the one clipping argument given, if any.
 
   Stateless, so the state stays `inner`'s. A concrete value of 0 turns clipping off, as in
-  Keras; an array (an injected value) is applied where it is above 0, so it may change.
+  Keras, and a concrete negative one is refused; an array (an injected value) is applied
+  where it is above 0, so it may change, and under `jit` a negative one, which cannot be
+  checked, turns clipping off, as in Keras.
   """
   fn = "presets.keras"
   given = {name: value for name, value in clipping.items() if value is not None}
@@ -220,8 +222,10 @@ def _keras_clipping(inner: _optax.GradientTransformationExtraArgs, **clipping: A
   def clip(updates):
     leaves, treedef = jax.tree.flatten(updates)
     leaves = [jnp.asarray(g) for g in leaves]  # Python floats too, as Optax takes them
-    if not all(jnp.issubdtype(g.dtype, jnp.inexact) for g in leaves):
-      return updates  # left for the update's own check, which names the leaf
+    if not leaves or not all(jnp.issubdtype(g.dtype, jnp.inexact) for g in leaves):
+      # Nothing to clip (optax.masked with every leaf masked out), or a bad gradient, left
+      # for the update's own check, which names the leaf.
+      return updates
     # Each leaf in at least float32 (complex stays complex); norms in the widest real dtype.
     wide = [g.astype(_compute_dtype(g.dtype)) for g in leaves]
     real = jnp.finfo(_compute_dtype(*[g.dtype for g in wide])).dtype

@@ -10,6 +10,7 @@ import inspect
 import itertools
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -188,6 +189,15 @@ def test_keras_preset_clipping_leaves_bad_gradients_to_the_updates_own_errors():
   assert np.isfinite(np.asarray(updates["b"])) and updates["w"].shape == (2,)
   with pytest.raises(TypeError, match=re.escape("the gradient at ['w'] has dtype int32")):
     opt.update({"w": jnp.ones(2, jnp.int32), "b": 1.0}, opt.init(params), params)
+
+
+@pytest.mark.parametrize("clipping", KERAS_CLIPPING, ids=lambda c: next(iter(c)))
+def test_keras_preset_clipping_passes_a_tree_with_nothing_to_clip(clipping):
+  # optax.masked with every leaf masked out hands the preset a tree of MaskedNodes: no leaves.
+  params = {"a": jnp.ones(2, jnp.float32), "b": jnp.ones(3, jnp.float32)}
+  opt = optax_lib.masked(presets.keras(0.01, **clipping), {"a": False, "b": False})
+  updates, _ = opt.update(params, opt.init(params), params)
+  chex.assert_trees_all_equal(updates, params)
 
 
 def test_keras_preset_clipvalue_names_a_complex_gradient():
