@@ -54,6 +54,12 @@ def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_static_number(value: Any) -> bool:
+  """A Python or NumPy number (not a bool): fixed when the optimizer is built. Arrays (an
+  injected hyperparameter) are not: they may change between steps."""
+  return _is_number(value) or isinstance(value, (np.integer, np.floating))
+
+
 def is_static_zero(value: Any) -> bool:
   """True for a Python or NumPy number equal to zero (such as a config file's 0.0 or np.float32(0)).
 
@@ -61,7 +67,7 @@ def is_static_zero(value: Any) -> bool:
   when momentum or weight decay is the number 0. Arrays (an injected hyperparameter) are
   never static: they may change later, so they keep the buffer and the params.
   """
-  return (_is_number(value) or isinstance(value, (np.integer, np.floating))) and value == 0
+  return is_static_number(value) and value == 0
 
 
 def _is_real_array(value: Any) -> bool:
@@ -407,35 +413,34 @@ def check_update_inputs(
           "parameters' own kind (jax.grad of a complex parameter is complex), or re-run init "
           "on the parameters you optimize."
       )
-  if params is not None and jax.tree.structure(params) == update_def:
-    # The buffers cannot tell a real parameter's state from a complex one's where all are
-    # real (plain RMSProp keeps only the real `nu`), but the params can.
-    for index, (p, g) in enumerate(zip(jax.tree.leaves(params), grads)):
-      if jnp.iscomplexobj(g) and not jnp.iscomplexobj(p):
-        raise TypeError(
-            f"{fn}.update: the gradient at {path_of(index)} is complex "
-            f"({jnp.result_type(g).name}), but its parameter is real "
-            f"({jnp.result_type(p).name}): the step's imaginary part could not be applied, "
-            "yet it would enter the average of squares. Pass jnp.real of the gradient, or "
-            "make the parameter complex and re-run init."
-        )
-  if needs_params is None:
-    return
-  if params is None:
-    raise ValueError(
-        f"{fn}.update: {needs_params} needs the current parameters, but params=None was "
-        "passed. Call update(grads, state, params)."
-    )
-  if jax.tree.structure(params) != update_def:
-    raise ValueError(
-        f"{fn}.update: the params' tree structure does not match the gradients'. Params: "
-        f"{jax.tree.structure(params)}; gradients: {update_def}. Pass the params the "
-        "gradients were taken of."
-    )
+  if needs_params is not None:
+    if params is None:
+      raise ValueError(
+          f"{fn}.update: {needs_params} needs the current parameters, but params=None was "
+          "passed. Call update(grads, state, params)."
+      )
+    if jax.tree.structure(params) != update_def:
+      raise ValueError(
+          f"{fn}.update: the params' tree structure does not match the gradients'. Params: "
+          f"{jax.tree.structure(params)}; gradients: {update_def}. Pass the params the "
+          "gradients were taken of."
+      )
+  if params is None or jax.tree.structure(params) != update_def:
+    return  # params the update does not read, passed in some other shape: left alone
   for index, (p, g) in enumerate(zip(jax.tree.leaves(params), grads)):
-    if tuple(np.shape(p)) != tuple(np.shape(g)):
+    if needs_params is not None and tuple(np.shape(p)) != tuple(np.shape(g)):
       raise ValueError(
           f"{fn}.update: the parameter at {path_of(index)} has shape {tuple(np.shape(p))}, but "
           f"its gradient has shape {tuple(np.shape(g))}. Pass the params the gradients were "
           "taken of."
+      )
+    # The buffers cannot tell a real parameter's state from a complex one's where all are
+    # real (plain RMSProp keeps only the real `nu`), but the params can.
+    if jnp.iscomplexobj(g) and not jnp.iscomplexobj(p):
+      raise TypeError(
+          f"{fn}.update: the gradient at {path_of(index)} is complex "
+          f"({jnp.result_type(g).name}), but its parameter is real "
+          f"({jnp.result_type(p).name}): the step's imaginary part could not be applied, "
+          "yet it would enter the average of squares. Pass jnp.real of the gradient, or "
+          "make the parameter complex and re-run init."
       )
