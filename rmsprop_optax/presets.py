@@ -8,8 +8,7 @@ The equations behind each one are in the README's framework table.
 Where a framework decides structure from a number (PyTorch and Keras keep no momentum
 buffer when momentum is 0), so do the presets, but only for Python and NumPy numbers: an
 array, such as one injected by `optax.inject_hyperparams`, keeps the buffer, since it may
-change later.
-For the same reason `momentum` and `weight_decay` default to None where the framework's
+change later. For the same reason `momentum` and `weight_decay` default to None where the framework's
 default is 0: the same step, but `inject_hyperparams` leaves None alone, where it would
 inject a 0 as an array that keeps a momentum buffer as large as the params, or keeps weight
 decay on and makes every update need the params. Pass `momentum=0.0` to inject a momentum
@@ -29,9 +28,10 @@ import optax
 
 from rmsprop_optax._alias import make
 from rmsprop_optax._state import RMSPropState
-from rmsprop_optax._transform import ScalarOrSchedule, _as_array, _compute_dtype
+from rmsprop_optax._transform import ScalarOrSchedule, _abs_sq, _as_array, _compute_dtype
 from rmsprop_optax._validation import (
-    check_flag, check_nonnegative, check_number, is_static_zero, path_at, real_part,
+    check_flag, check_nonnegative, check_number, is_static_number, is_static_zero, path_at,
+    real_part,
 )
 
 __all__ = ["keras", "optax", "pytorch", "tf1", "timm_tf"]
@@ -232,7 +232,7 @@ def _keras_clipping(inner: _optax.GradientTransformationExtraArgs, **clipping: A
     c = jnp.asarray(value).astype(real)
 
     def squared_norm(g):
-      return jnp.sum(jnp.real(g * jnp.conj(g))).astype(real)
+      return jnp.sum(_abs_sq(g)).astype(real)
 
     if name == "clipnorm":
       clipped = []
@@ -254,7 +254,7 @@ def _keras_clipping(inner: _optax.GradientTransformationExtraArgs, **clipping: A
               "clipnorm or global_clipnorm, which clip by magnitude."
           )
       clipped = [jnp.clip(g, -c.astype(g.dtype), c.astype(g.dtype)) for g in wide]
-    if not isinstance(value, (int, float, np.number)):  # an array, maybe 0: Keras's `c > 0`
+    if not is_static_number(value):  # an array, maybe 0: Keras's `c > 0`
       clipped = [jnp.where(c > 0, new, g) for new, g in zip(clipped, wide)]
     return treedef.unflatten([new.astype(g.dtype) for new, g in zip(clipped, leaves)])
 
