@@ -177,9 +177,14 @@ def test_keras_preset_clipping_injected_as_an_array_may_change_and_0_turns_it_of
     state.hyperparams[name] = jnp.asarray(value, jnp.float32)
     updates, state = step(grads, state, params)
     # Clipping keeps no state: the preset built with this step's value carries the run on.
+    _, unclipped = presets.keras(0.01).update(grads, expected_state, params)
     expected, expected_state = presets.keras(0.01, **{name: value}).update(grads, expected_state, params)
     for u, e in zip(updates, expected):
       np.testing.assert_allclose(u, e, rtol=1e-6)
+    # The thresholds are below the gradients (coordinates up to about 8), so clipping shows
+    # in the average of squares (a first step hides it: g / sqrt(0.1 g**2) ignores g's scale).
+    changed = any(not np.allclose(e, n, rtol=1e-3) for e, n in zip(expected_state.nu, unclipped.nu))
+    assert changed == (value > 0), (value, changed)
 
 
 def test_keras_preset_clipping_leaves_bad_gradients_to_the_updates_own_errors():
