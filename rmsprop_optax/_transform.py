@@ -746,7 +746,9 @@ def validate(config: _Config) -> _Config:
     _validation.check_nonnegative(
         fn, name("weight_decay"), config.weight_decay, "the weight decay coefficient"
     )
-  _validation.check_int(fn, "seed", config.seed)
+  _validation.check_int(
+      fn, "seed", config.seed, "0; the random bits of stochastic rounding are derived from it"
+  )
   return config._replace(
       nu_dtype=_validation.check_dtype(fn, "nu_dtype", config.nu_dtype),
       momentum_dtype=_validation.check_dtype(fn, "momentum_dtype", config.momentum_dtype),

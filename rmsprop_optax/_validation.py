@@ -158,7 +158,7 @@ def _narrow_hint(value: Any) -> str:
 _EXAMPLES = {
     "learning_rate": "1e-3", "lr": "1e-2", "decay": "0.9", "alpha": "0.99", "rho": "0.9",
     "eps": "1e-8", "epsilon": "1e-7", "momentum": "0.9", "weight_decay": "1e-4",
-    "initial_scale": "0.0",
+    "initial_scale": "0.0", "loss_scale_factor": "1024.0", "ema_momentum": "0.99",
 }
 
 
@@ -240,15 +240,16 @@ def available_dtype(fn: str, name: str, dtype: Any) -> Any:
   return stored
 
 
-def check_int(fn: str, name: str, value: Any) -> None:
+def check_int(fn: str, name: str, value: Any, example: str) -> None:
+  """Checks that `value` is an int or an integer scalar array (traced or not); `example`
+  completes the message's fix ("such as 0; ...")."""
   # An integer scalar array passes too: optax.inject_hyperparams turns every int into one.
   if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0 and jnp.issubdtype(value.dtype, jnp.integer):
     return
   if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
     raise TypeError(
         f"{fn}: `{name}` must be an int (or an integer scalar array), but got "
-        f"{name}={value!r}. Pass an integer such as 0; the random bits of stochastic "
-        "rounding are derived from it."
+        f"{name}={value!r}. Pass an integer such as {example}."
     )
 
 

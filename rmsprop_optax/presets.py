@@ -30,8 +30,8 @@ from rmsprop_optax._alias import make
 from rmsprop_optax._state import RMSPropState
 from rmsprop_optax._transform import ScalarOrSchedule, _abs_sq, _as_array, _compute_dtype
 from rmsprop_optax._validation import (
-    check_flag, check_nonnegative, check_number, is_static_number, is_static_zero, path_at,
-    real_part,
+    check_flag, check_int, check_nonnegative, check_number, concrete_number, is_static_number,
+    is_static_zero, path_at, real_part,
 )
 
 __all__ = ["keras", "optax", "pytorch", "tf1", "timm_tf"]
@@ -161,6 +161,12 @@ def keras(
     clipnorm: float | None = None,
     clipvalue: float | None = None,
     global_clipnorm: float | None = None,
+    use_ema: bool = False,
+    ema_momentum: float | None = None,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
+    name: str | None = None,
 ) -> _optax.GradientTransformationExtraArgs:
   r"""Keras 3 `keras.optimizers.RMSprop`: eps inside the root, learning rate inside momentum.
 
@@ -181,17 +187,161 @@ def keras(
   :math:`c \min(1/N, 1/c)` for their joint norm :math:`N` (NaN where :math:`N` is not
   finite, as in Keras), ``clipvalue`` clips each coordinate to :math:`[-c, c]`. As in Keras a
   value of 0 means no clipping.
+
+  ``loss_scale_factor``, as in Keras, divides the gradients (of a loss multiplied by it)
+  before anything else. ``gradient_accumulation_steps`` = n (an int >= 2, as in Keras)
+  steps the params once every n updates, with the mean of the n gradients, through
+  `optax.MultiSteps` (its state holds this one's as ``inner_opt_state``); the updates in
+  between are zeros. As in Keras, schedules are called with the number of gradients seen
+  (micro-batches), not of steps taken: the k-th step (from 0) reads them at k n + n - 1.
+  ``use_ema=True`` is refused (a moving average of the weights is a second set of params,
+  which an Optax update cannot return); ``ema_momentum`` (Keras's default 0.99; None here,
+  so that `optax.inject_hyperparams` does not carry it) and ``ema_overwrite_frequency``,
+  which Keras reads only with ``use_ema``, are ignored, and so is ``name``, which labels
+  Keras's variables: they are accepted so that a Keras call runs unchanged.
   """
+  fn = "presets.keras"
+  check_flag(fn, "use_ema", use_ema)
+  if ema_momentum is not None:
+    check_number(fn, "ema_momentum", ema_momentum, schedulable=False)
+  if ema_overwrite_frequency is not None:
+    check_int(fn, "ema_overwrite_frequency", ema_overwrite_frequency, "100 (steps between overwrites)")
+  if name is not None and not isinstance(name, str):
+    raise TypeError(
+        f"{fn}: `name` must be a string or None, as Keras takes it, but got name={name!r} (of "
+        f"type {type(name).__name__}). Pass a label such as 'rmsprop', or leave it out."
+    )
+  if use_ema:
+    raise ValueError(
+        f"{fn}: `use_ema=True` makes Keras keep a moving average of the weights beside the "
+        "optimizer, but an Optax update returns only the step for the params, so the preset "
+        "cannot keep it. Pass use_ema=False and keep the average in your train step: after "
+        "each update, ema = optax.incremental_update(params, ema, step_size=1 - ema_momentum) "
+        "with Keras's ema_momentum of 0.99 unless you set another (Keras starts the average "
+        "at the params after the first update)."
+    )
+  steps = gradient_accumulation_steps
+  if steps is not None:
+    check_int(fn, "gradient_accumulation_steps", steps, "4 (the gradients averaged per step)")
+    if is_static_number(steps) and steps < 2:
+      raise ValueError(
+          f"{fn}: `gradient_accumulation_steps` must be at least 2, as in Keras, but got "
+          f"gradient_accumulation_steps={steps!r}. Pass the number of micro-batches to "
+          "average per step, or None to step on every gradient."
+      )
   if callable(learning_rate) and _takes_no_argument(learning_rate):
     current = learning_rate
     learning_rate = lambda count: current()  # noqa: E731
+  if steps is not None:
+    learning_rate, rho, momentum, epsilon, weight_decay = (
+        _at_keras_iteration(value, steps)
+        for value in (learning_rate, rho, momentum, epsilon, weight_decay)
+    )
   inner = make(
-      "presets.keras", {"decay": "rho", "eps": "epsilon"}, learning_rate, rho, epsilon,
+      fn, {"decay": "rho", "eps": "epsilon"}, learning_rate, rho, epsilon,
       eps_in_sqrt=True, initial_scale=0.0, centered=centered, momentum=_momentum_or_none(momentum), lr_in_momentum=True,
       weight_decay=weight_decay,
       decoupled_weight_decay=True,
   )
-  return _keras_clipping(inner, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm)
+  opt = _keras_clipping(inner, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm)
+  if steps is not None:
+    opt = _keras_accumulation(opt, steps)
+  if loss_scale_factor is not None:
+    opt = _keras_loss_scale(opt, loss_scale_factor)
+  return opt
+
+
+def _at_keras_iteration(value: Any, steps: Any) -> Any:
+  """A schedule read at Keras's iteration count under gradient accumulation: `optax.MultiSteps`
+  counts the steps taken, k, where Keras counts the gradients seen, k * steps + steps - 1 at
+  the k-th step. Anything but a schedule is returned as it is."""
+  if not callable(value):
+    return value
+  return lambda count: value(count * steps + (steps - 1))
+
+
+def _keras_accumulation(opt: _optax.GradientTransformationExtraArgs, steps: Any) -> _optax.GradientTransformationExtraArgs:
+  """`opt` stepping once every `steps` gradients on their mean, through `optax.MultiSteps`.
+
+  As in Keras, the gradients are summed and the sum divided by `steps`. MultiSteps mixes
+  its int32 counters with floats and booleans, which strict dtype promotion refuses, so its
+  update runs under standard promotion (ours needs neither). The sum is kept in float32, or
+  float64 where a param is (Keras keeps it in each variable's dtype; float32 keeps bfloat16
+  params' gradients more exactly). Complex params are refused: `optax.MultiSteps` keeps one
+  real accumulator dtype.
+  """
+  fn = "presets.keras"
+
+  def mean(g):
+    if not jnp.issubdtype(g.dtype, jnp.inexact):
+      return g  # left for the update's own check, which names the leaf
+    return g / jnp.asarray(steps).astype(g.dtype)
+
+  def mean_update(updates, state, params=None, **extra_args):
+    return opt.update(jax.tree.map(mean, updates), state, params, **extra_args)
+
+  on_mean = _optax.GradientTransformationExtraArgs(opt.init, mean_update)
+
+  def multi_steps(dtype):
+    return _optax.MultiSteps(
+        on_mean, every_k_schedule=lambda step: steps, use_grad_mean=False, accumulator_dtype=dtype
+    )
+
+  def init_fn(params):
+    leaves = jax.tree.leaves(params)
+    for index, leaf in enumerate(leaves):
+      if jnp.iscomplexobj(leaf):
+        raise TypeError(
+            f"{fn}.init: gradient_accumulation_steps needs real params, but the param at "
+            f"{path_at(params, index)} is complex, and optax.MultiSteps, which accumulates "
+            "the gradients, keeps them in one real dtype. Optimize the real and imaginary "
+            "parts as separate real params, or leave gradient_accumulation_steps=None."
+        )
+    # Other leaves are left for the inner init's check, which names them.
+    floating = [d for d in map(jnp.result_type, leaves) if jnp.issubdtype(d, jnp.floating)]
+    return multi_steps(_compute_dtype(jnp.float32, *floating)).init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if not isinstance(state, _optax.MultiStepsState):
+      raise TypeError(
+          f"{fn}.update: with gradient_accumulation_steps the state is the "
+          f"optax.MultiStepsState this optimizer's init returns, but got a "
+          f"{type(state).__name__}. Pass the state from init (a checkpoint of a run without "
+          "accumulation holds its RMSPropState alone: restore it as that state's "
+          "inner_opt_state)."
+      )
+    accumulated = jax.tree.leaves(state.acc_grads)
+    dtype = accumulated[0].dtype if accumulated else jnp.float32
+    with jax.numpy_dtype_promotion("standard"):
+      return multi_steps(dtype).update(updates, state, params, **extra_args)
+
+  return _optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _keras_loss_scale(opt: _optax.GradientTransformationExtraArgs, factor: Any) -> _optax.GradientTransformationExtraArgs:
+  """`opt` on the gradients divided by `factor`, in each gradient's dtype, as Keras's
+  `apply` unscales them before accumulating or clipping. Stateless."""
+  fn = "presets.keras"
+  check_number(fn, "loss_scale_factor", factor, schedulable=False)
+  factor = real_part(fn, "loss_scale_factor", factor)
+  number = concrete_number(factor)
+  if number is not None and not (math.isfinite(number) and number > 0):
+    raise ValueError(
+        f"{fn}: `loss_scale_factor` must be a finite number > 0 (the factor the loss was "
+        f"multiplied by), but got loss_scale_factor={factor!r}. Pass the factor your loss "
+        "was scaled by, such as 1024.0, or None for an unscaled loss."
+    )
+
+  def unscale(g):
+    g = jnp.asarray(g)
+    if not jnp.issubdtype(g.dtype, jnp.inexact):
+      return g  # left for the update's own check, which names the leaf
+    return g / jnp.asarray(factor).astype(g.dtype)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    return opt.update(jax.tree.map(unscale, updates), state, params, **extra_args)
+
+  return _optax.GradientTransformationExtraArgs(opt.init, update_fn)
 
 
 def _keras_clipping(inner: _optax.GradientTransformationExtraArgs, **clipping: Any) -> _optax.GradientTransformationExtraArgs:

@@ -212,6 +212,111 @@ def test_keras_preset_clipvalue_names_a_complex_gradient():
     opt.update(params, opt.init(params), params)
 
 
+KERAS_ACCUMULATION = [
+    dict(),
+    dict(centered=True, momentum=0.9, weight_decay=0.05, clipnorm=3.0),
+    dict(momentum=0.5, loss_scale_factor=64.0, global_clipnorm=1.0),
+]
+
+
+@pytest.mark.parametrize("kwargs", KERAS_ACCUMULATION, ids=["plain", "centered-momentum-wd-clipnorm", "loss-scale-global-clipnorm"])
+def test_keras_preset_accumulates_gradients_as_keras_does(kwargs):
+  # Four micro-batches a step: 25 steps over 100 gradients, with Keras's learning rate read
+  # at its count of gradients, not of steps. optax.MultiSteps around the preset without that
+  # reading (the learning rate of step k taken at k) must be far off, so the test tells.
+  problem = helpers.Quadratic(SHAPES, seed=44 + KERAS_ACCUMULATION.index(kwargs), steps=STEPS)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=7)
+  expected = _keras_run(problem, lrs, gradient_accumulation_steps=4, **kwargs)
+  ours = helpers.run_optax(presets.keras(_schedule(lrs), gradient_accumulation_steps=4, **kwargs), problem, STEPS)
+  helpers.assert_close_to_scale(ours, expected)
+  naive = optax_lib.MultiSteps(presets.keras(_schedule(lrs), **kwargs), every_k_schedule=4)
+  with helpers.standard_promotion():  # MultiSteps's running mean divides by its int32 count
+    misread = helpers.run_optax(naive.gradient_transformation(), problem, STEPS)
+  scale = max(np.abs(e).max() for e in expected)
+  assert max(np.abs(e - m).max() for e, m in zip(expected, misread)) > 100 * 1e-5 * scale
+
+
+def test_keras_preset_accumulation_under_inject_hyperparams_matches_keras():
+  # inject_hyperparams counts every call, micro-batches included, as Keras does: the
+  # schedule it evaluates is read where Keras reads it, and the steps arrive as an array.
+  problem = helpers.Quadratic(SHAPES, seed=47, steps=STEPS)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=8)
+  expected = _keras_run(problem, lrs, gradient_accumulation_steps=3, momentum=0.9)
+  injected = optax_lib.inject_hyperparams(presets.keras)(
+      learning_rate=_schedule(lrs), momentum=0.9, gradient_accumulation_steps=3)
+  helpers.assert_close_to_scale(helpers.run_optax(injected, problem, STEPS), expected)
+
+
+def test_keras_preset_unscales_gradients_by_the_loss_scale_factor_as_keras_does():
+  # The clipping threshold sits below the unscaled gradients' norms and far below the
+  # scaled ones', and eps is large enough that the gradients' scale shows in every step: a
+  # preset that ignored the factor would follow Keras's unscaled run instead.
+  problem = helpers.Quadratic(SHAPES, seed=48, steps=STEPS)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=9)
+  kwargs = dict(epsilon=0.1, clipnorm=1.0, momentum=0.5)
+  expected = _keras_run(problem, lrs, loss_scale_factor=0.25, **kwargs)
+  unscaled = _keras_run(problem, lrs, **kwargs)
+  ours = helpers.run_optax(presets.keras(_schedule(lrs), loss_scale_factor=0.25, **kwargs), problem, STEPS)
+  helpers.assert_close_to_scale(ours, expected)
+  scale = max(np.abs(e).max() for e in expected)
+  assert max(np.abs(e - u).max() for e, u in zip(expected, unscaled)) > 100 * 1e-5 * scale
+
+
+def test_keras_preset_takes_a_keras_call_with_every_argument_in_keras_order():
+  import keras
+
+  ours = list(inspect.signature(presets.keras).parameters)
+  theirs = [n for n in inspect.signature(keras.optimizers.RMSprop).parameters if n != "kwargs"]
+  assert ours == theirs
+  # EMA settings and the name, read by Keras only for what an Optax update cannot do, are
+  # taken and change nothing.
+  params = {"w": jnp.arange(3.0)}
+  grads = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+  plain = presets.keras(0.01)
+  labelled = presets.keras(0.01, ema_momentum=0.9, ema_overwrite_frequency=5, name="opt")
+  chex.assert_trees_all_equal(
+      labelled.update(grads, labelled.init(params), params), plain.update(grads, plain.init(params), params))
+
+
+def test_keras_preset_refuses_what_it_cannot_do_and_keras_refuses():
+  import keras
+
+  with pytest.raises(ValueError, match="must be an integer >= 2"):
+    keras.optimizers.RMSprop(gradient_accumulation_steps=1)
+  with pytest.raises(ValueError, match=r"`gradient_accumulation_steps` must be at least 2, as in Keras, but got gradient_accumulation_steps=1\."):
+    presets.keras(gradient_accumulation_steps=1)
+  with pytest.raises(TypeError, match=r"`gradient_accumulation_steps` must be an int.*got gradient_accumulation_steps=2.5\. Pass an integer such as 4"):
+    presets.keras(gradient_accumulation_steps=2.5)
+  with pytest.raises(ValueError, match=r"`use_ema=True` makes Keras keep a moving average.*optax.incremental_update"):
+    presets.keras(use_ema=True)
+  with pytest.raises(ValueError, match=r"`loss_scale_factor` must be a finite number > 0.*got loss_scale_factor=0\.0"):
+    presets.keras(loss_scale_factor=0.0)
+  opt = presets.keras(gradient_accumulation_steps=2)
+  with pytest.raises(TypeError, match=re.escape("the param at ['z'] is complex")):
+    opt.init({"w": jnp.ones(2), "z": jnp.ones(2, jnp.complex64)})
+  params = {"w": jnp.ones(2)}
+  with pytest.raises(TypeError, match="the state is the optax.MultiStepsState this optimizer's init returns, but got a RMSPropState"):
+    opt.update(params, presets.keras().init(params), params)
+  # The sum of integer gradients is not divided into floats behind the update's check.
+  with pytest.raises(TypeError, match=re.escape("the gradient at ['w'] has dtype int32")):
+    opt.update({"w": jnp.ones(2, jnp.int32)}, opt.init(params), params)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
+def test_keras_preset_accumulates_in_at_least_float32_and_in_float64_for_float64_params(dtype):
+  with jax.enable_x64(dtype == "float64"):
+    params = {"w": jnp.ones(3, dtype), "b": jnp.ones((), jnp.float32)}
+    opt = presets.keras(0.01, gradient_accumulation_steps=2)
+    state = opt.init(params)
+    expected = jnp.float64 if dtype == "float64" else jnp.float32
+    assert {leaf.dtype for leaf in jax.tree.leaves(state.acc_grads)} == {jnp.dtype(expected)}
+    # A float64 gradient below float32's resolution next to 1 survives the mean.
+    g = {"w": jnp.full(3, 1 + 2.0**-40, dtype), "b": jnp.ones((), jnp.float32)}
+    _, state = opt.update(g, state, params)
+    if dtype == "float64":
+      np.testing.assert_array_equal(np.asarray(state.acc_grads["w"]), np.full(3, 1 + 2.0**-40))
+
+
 # --- Optax ----------------------------------------------------------------------------------
 
 OPTAX_CASES = [
@@ -359,8 +464,9 @@ def test_every_argument_of_every_preset_is_named_as_the_preset_names_it(name):
   # `decoupled_decay`, not `rmsprop`'s `decoupled_weight_decay`), by the preset's name.
   preset = getattr(presets, name)
   for arg in inspect.signature(preset).parameters:
-    with pytest.raises(TypeError, match=rf"^presets\.{name}: `{arg}` must be .* got {arg}='yes'"):
-      preset(**{**_required(preset), arg: "yes"})
+    wrong = 3 if arg == "name" else "yes"  # Keras's `name` is a string
+    with pytest.raises(TypeError, match=rf"^presets\.{name}: `{arg}` must be .* got {arg}={wrong!r}"):
+      preset(**{**_required(preset), arg: wrong})
 
 
 def test_a_torch_tensor_learning_rate_is_named_in_the_message():
