@@ -109,8 +109,10 @@ def pytorch(
     weight_decay: ScalarOrSchedule | None = None,
     momentum: ScalarOrSchedule | None = None,
     centered: bool = False,
-    *,
+    capturable: bool = False,
+    foreach: bool | None = None,
     maximize: bool = False,
+    differentiable: bool = False,
 ) -> _optax.GradientTransformationExtraArgs:
   r"""`torch.optim.RMSprop`: eps outside the root, learning rate outside the momentum buffer.
 
@@ -122,9 +124,16 @@ def pytorch(
   with :math:`v_0 = 0`, :math:`m` only when centered, and :math:`p - \eta g / d` without
   momentum. Complex parameters are treated as independent real and imaginary parts, as
   PyTorch does. Where PyTorch's centered variance goes negative and gives NaN, this one
-  clamps it at zero. ``maximize`` is keyword-only: PyTorch's seventh positional argument is
-  ``capturable``.
+  clamps it at zero. The arguments follow PyTorch's order, so a PyTorch call runs unchanged;
+  ``capturable`` (CUDA graphs), ``foreach`` (a multi-tensor kernel) and ``differentiable``
+  (autograd through the step, which JAX always allows) choose how PyTorch runs the step,
+  not what it computes, and change nothing here.
   """
+  fn = "presets.pytorch"
+  check_flag(fn, "capturable", capturable)
+  if foreach is not None:
+    check_flag(fn, "foreach", foreach)
+  check_flag(fn, "differentiable", differentiable)
   inner = make(
       "presets.pytorch", {"learning_rate": "lr", "decay": "alpha"}, lr, alpha, eps,
       eps_in_sqrt=False, initial_scale=0.0, centered=centered,
@@ -206,11 +215,7 @@ def keras(
     check_number(fn, "ema_momentum", ema_momentum, schedulable=False)
   if ema_overwrite_frequency is not None:
     check_int(fn, "ema_overwrite_frequency", ema_overwrite_frequency, "100 (steps between overwrites)")
-  if name is not None and not isinstance(name, str):
-    raise TypeError(
-        f"{fn}: `name` must be a string or None, as Keras takes it, but got name={name!r} (of "
-        f"type {type(name).__name__}). Pass a label such as 'rmsprop', or leave it out."
-    )
+  _check_name(fn, name, "rmsprop")
   if use_ema:
     raise ValueError(
         f"{fn}: `use_ema=True` makes Keras keep a moving average of the weights beside the "
@@ -249,6 +254,16 @@ def keras(
   if loss_scale_factor is not None:
     opt = _keras_loss_scale(opt, loss_scale_factor)
   return opt
+
+
+def _check_name(fn: str, name: Any, example: str) -> None:
+  """A framework's `name`, which labels its variables and nothing here: a string or None."""
+  if name is not None and not isinstance(name, str):
+    raise TypeError(
+        f"{fn}: `name` must be a string or None, as the framework takes it, but got "
+        f"name={name!r} (of type {type(name).__name__}). Pass a label such as {example!r}, "
+        "or leave it out."
+    )
 
 
 def _at_keras_iteration(value: Any, steps: Any) -> Any:
@@ -444,8 +459,9 @@ def tf1(
     decay: ScalarOrSchedule = 0.9,
     momentum: ScalarOrSchedule | None = None,
     epsilon: ScalarOrSchedule = 1e-10,
-    *,
+    use_locking: bool = False,
     centered: bool = False,
+    name: str = "RMSProp",
 ) -> _optax.GradientTransformationExtraArgs:
   r"""TensorFlow 1 `tf.compat.v1.train.RMSPropOptimizer`: the average of squares starts at 1.
 
@@ -459,9 +475,13 @@ def tf1(
   numbers are rounded to float32 first, as TF1 does. TF1 writes the average as
   :math:`v + (g^2 - v)(1 - \rho)`, equal up to rounding; at :math:`\rho = 0` that form
   rounds a :math:`g^2` below half an ulp of :math:`v` away (to 0 from :math:`v_0 = 1`),
-  where this one keeps it. ``centered`` is keyword-only: TF1's fifth positional argument is
-  ``use_locking``.
+  where this one keeps it. The arguments follow TF1's order, so a TF1 call runs unchanged;
+  ``use_locking`` (locks around TF1's variable updates) and ``name`` (a label of its ops)
+  change nothing here: a JAX update has no shared variables to lock.
   """
+  fn = "presets.tf1"
+  check_flag(fn, "use_locking", use_locking)
+  _check_name(fn, name, "RMSProp")
   return make(
       "presets.tf1", {"eps": "epsilon"}, _tf_float32("learning_rate", learning_rate),
       _tf_float32("decay", decay), _tf_float32("epsilon", epsilon), eps_in_sqrt=True,

@@ -403,14 +403,28 @@ def test_tf1_preset_rounds_its_numbers_to_float32_as_tf1_does():
   np.testing.assert_allclose(params, expected[0], rtol=1e-5)
 
 
-def test_presets_take_no_flag_where_the_framework_has_another_argument():
-  # Called with the framework's positional arguments, a preset must not read a flag where
-  # the framework has another argument: TF1's fifth is use_locking, PyTorch's seventh
-  # capturable, and neither changes the step.
-  with pytest.raises(TypeError, match="positional"):
-    presets.tf1(0.01, 0.9, 0.0, 1e-10, True)
-  with pytest.raises(TypeError, match="positional"):
-    presets.pytorch(0.01, 0.99, 1e-8, 0, 0, False, True)
+def test_pytorch_and_tf1_presets_take_their_frameworks_arguments_in_order():
+  ours = list(inspect.signature(presets.pytorch).parameters)
+  assert ours == list(inspect.signature(torch.optim.RMSprop).parameters)[1:]  # after params
+  assert list(inspect.signature(presets.tf1).parameters) == [
+      "learning_rate", "decay", "momentum", "epsilon", "use_locking", "centered", "name"]
+
+
+def test_arguments_that_choose_how_a_framework_runs_change_nothing():
+  # Called with the framework's positional arguments, a preset must read each where the
+  # framework does: TF1's fifth is use_locking, PyTorch's seventh capturable, and those
+  # change nothing, where reading them as `centered` or `maximize` would.
+  problem = helpers.Quadratic(SHAPES, seed=23, steps=10)
+  cases = [
+      (presets.tf1(0.01, 0.9, 0.0, 1e-10, True, False, "rms"), presets.tf1(0.01)),
+      (presets.pytorch(0.01, 0.99, 1e-8, 0, 0, False, True, True, False, True), presets.pytorch(0.01)),
+      (presets.pytorch(0.01, 0.99, 1e-8, 0, 0, False, False, False), presets.pytorch(0.01)),
+  ]
+  for given, plain in cases:
+    chex.assert_trees_all_equal(helpers.run_optax(given, problem, 10), helpers.run_optax(plain, problem, 10))
+  # Torch's ninth positional argument is maximize, and it is read as maximize.
+  ascending = helpers.run_optax(presets.pytorch(0.01, 0.99, 1e-8, 0, 0, False, False, None, True), problem, 10)
+  chex.assert_trees_all_equal(ascending, helpers.run_optax(presets.pytorch(0.01, maximize=True), problem, 10))
 
 
 TIMM_CASES = [
