@@ -21,6 +21,7 @@ def rmsprop(
     momentum: ScalarOrSchedule | None = None,
     nesterov: bool = False,
     lr_in_momentum: bool = True,
+    caution: bool = False,
     bias_correction: bool = False,
     weight_decay: ScalarOrSchedule | None = None,
     decoupled_weight_decay: bool = False,
@@ -77,6 +78,11 @@ def rmsprop(
     lr_in_momentum: True accumulates learning-rate-scaled steps in the buffer (Optax, Keras,
       TF1); False accumulates raw preconditioned gradients and scales the buffer by the
       learning rate when applying it (PyTorch). They differ once the learning rate changes.
+    caution: cautious momentum (Liang et al., 2024; timm's ``caution``): the step's
+      coordinates that point against the current gradient (:math:`s g \le 0`) are zeroed
+      and the rest divided by the fraction kept in the leaf (at least 1e-3), before the
+      learning rate when it is applied outside the buffer. Needs ``momentum``. The fraction
+      is a mean over each leaf: a leaf sharded over devices costs one scalar all-reduce.
     bias_correction: divide the averages by :math:`1 - \rho^t` (as Adam does), removing the
       bias toward zero of averages that start at 0 (``initial_scale=0``). With a nonzero
       ``initial_scale`` it weighs that first value more, not less. With a decay schedule
@@ -115,7 +121,7 @@ def rmsprop(
 
   Raises:
     ValueError: a concrete hyperparameter is out of range or not a scalar, a complex one
-      has a nonzero imaginary part, or ``nesterov`` has no momentum.
+      has a nonzero imaginary part, or ``nesterov`` or ``caution`` has no momentum.
     TypeError: a hyperparameter is not a number, a scalar array or a schedule (None
       included), a structural option is not True or False, ``seed`` is not an integer, or
       a dtype argument is not a real floating dtype of at least 16 bits.
@@ -135,11 +141,13 @@ def rmsprop(
     its recent magnitude, COURSERA: Neural Networks for Machine Learning, 2012.
     Graves, Generating Sequences With Recurrent Neural Networks, 2013.
     Loshchilov and Hutter, Decoupled Weight Decay Regularization, 2019.
+    Liang, Chen, Liu and Liu, Cautious Optimizers: Improving Training with One Line of
+    Code, 2024.
   """
   return make(
       "rmsprop", {}, learning_rate, decay, eps, eps_in_sqrt=eps_in_sqrt,
       initial_scale=initial_scale, centered=centered, momentum=momentum, nesterov=nesterov,
-      lr_in_momentum=lr_in_momentum, bias_correction=bias_correction,
+      lr_in_momentum=lr_in_momentum, caution=caution, bias_correction=bias_correction,
       weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
       weight_decay_mask=weight_decay_mask, maximize=maximize, nu_dtype=nu_dtype,
       momentum_dtype=momentum_dtype, stochastic_rounding=stochastic_rounding, seed=seed,
@@ -163,7 +171,7 @@ def make(
     )
   defaults = dict(
       eps_in_sqrt=True, initial_scale=0.0, centered=False, momentum=None, nesterov=False,
-      lr_in_momentum=True, bias_correction=False, decoupled_weight_decay=False,
+      lr_in_momentum=True, caution=False, bias_correction=False, decoupled_weight_decay=False,
       weight_decay_mask=None, maximize=False, nu_dtype=None, momentum_dtype=None,
       stochastic_rounding=False, seed=0,
   )

@@ -36,6 +36,7 @@ class _Config(NamedTuple):
   momentum: ScalarOrSchedule | None
   nesterov: bool
   lr_in_momentum: bool
+  caution: bool
   bias_correction: bool
   weight_decay: ScalarOrSchedule | None  # None: no weight decay and no params needed.
   decoupled_weight_decay: bool
@@ -231,6 +232,23 @@ def _leaf_mask(fn: str, mask: Any, updates: Any, params: Any) -> list[Any]:
           "use optax.masked or optax.multi_transform with separate optimizers."
       )
   return flags
+
+
+def _cautious(step: jax.Array, g: jax.Array) -> jax.Array:
+  """Caution (Liang et al., 2024): the step's coordinates that point against the gradient
+  (Re(step * conj(g)) <= 0) are zeroed and the others scaled by 1 / (the fraction kept), at
+  most 1000-fold, so that the step keeps its overall size: step * c / max(mean(c), 1e-3).
+  The mean runs over the whole leaf, as timm's does over each tensor.
+  """
+  rdt = jnp.finfo(step.dtype).dtype
+  if jnp.iscomplexobj(step):
+    agreement = lax.real(lax.mul(step, lax.conj(g)))
+  else:
+    agreement = lax.mul(step, g)  # as timm computes it: a product that underflows is not kept
+  kept = _cast(lax.gt(agreement, np.zeros((), rdt)[()]), rdt)
+  fraction = lax.div(jnp.sum(kept), np.asarray(max(kept.size, 1), rdt)[()])
+  scale = lax.div(kept, lax.max(fraction, np.asarray(1e-3, rdt)[()]))
+  return lax.mul(step, _cast(scale, step.dtype))
 
 
 def _precondition(
@@ -484,6 +502,8 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
         if again is not None:
           u = _precondition(leaf_config, g_step, *again, r, c, jnp.finfo(u.dtype).dtype)
         step = lax.add(lax.mul(c.lr, u) if leaf_config.lr_in_momentum else u, lax.mul(c.momentum, step))
+      if leaf_config.caution:
+        step = _cautious(step, g_step)
       if not leaf_config.lr_in_momentum:
         step = lax.mul(c.lr, step)
       step = lax.neg(step)
@@ -704,7 +724,7 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
 
 
 # The options that choose what the update computes, and the numbers it computes with.
-_FLAGS = ("eps_in_sqrt", "centered", "nesterov", "lr_in_momentum", "bias_correction",
+_FLAGS = ("eps_in_sqrt", "centered", "nesterov", "lr_in_momentum", "caution", "bias_correction",
           "decoupled_weight_decay", "maximize", "stochastic_rounding")
 _NUMBERS = ("learning_rate", "decay", "eps", "initial_scale", "momentum", "weight_decay")
 
@@ -741,6 +761,14 @@ def validate(config: _Config) -> _Config:
         f"{fn}: nesterov=True needs a momentum, but got momentum={config.momentum!r}. "
         "Nesterov's look-ahead is a property of the momentum buffer: pass momentum=0.9 "
         "(for example), or set nesterov=False."
+    )
+  if config.caution and config.momentum is None:
+    raise ValueError(
+        f"{fn}: {name('caution')}=True needs a momentum, but got "
+        f"{name('momentum')}={config.momentum!r}. Caution zeroes the coordinates where the "
+        "momentum buffer's step points against the current gradient; without a buffer every "
+        f"step points with its gradient. Pass {name('momentum')}=0.9 (for example), or set "
+        f"{name('caution')}=False."
     )
   if config.weight_decay is not None:
     _validation.check_nonnegative(
@@ -819,7 +847,7 @@ def scale_by_rms(
   config = validate(_Config(
       fn="scale_by_rms", learning_rate=None, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt,
       initial_scale=initial_scale, centered=centered, momentum=None, nesterov=False,
-      lr_in_momentum=True, bias_correction=bias_correction, weight_decay=None,
+      lr_in_momentum=True, caution=False, bias_correction=bias_correction, weight_decay=None,
       decoupled_weight_decay=False, weight_decay_mask=None, maximize=False,
       nu_dtype=nu_dtype, momentum_dtype=None, stochastic_rounding=stochastic_rounding,
       seed=seed,

@@ -256,6 +256,19 @@ def keras(
   return opt
 
 
+def _finite_positive(fn: str, name: str, value: Any, meaning: str, fix: str) -> Any:
+  """`value`, a number or a scalar array (no schedule), checked to be finite and > 0 where
+  concrete, and returned as its real part, as `optax.inject_hyperparams` may cast it."""
+  check_number(fn, name, value, schedulable=False)
+  value = real_part(fn, name, value)
+  number = concrete_number(value)
+  if number is not None and not (math.isfinite(number) and number > 0):
+    raise ValueError(
+        f"{fn}: `{name}` must be a finite number > 0 ({meaning}), but got {name}={value!r}. {fix}"
+    )
+  return value
+
+
 def _check_name(fn: str, name: Any, example: str) -> None:
   """A framework's `name`, which labels its variables and nothing here: a string or None."""
   if name is not None and not isinstance(name, str):
@@ -336,16 +349,10 @@ def _keras_accumulation(opt: _optax.GradientTransformationExtraArgs, steps: Any)
 def _keras_loss_scale(opt: _optax.GradientTransformationExtraArgs, factor: Any) -> _optax.GradientTransformationExtraArgs:
   """`opt` on the gradients divided by `factor`, in each gradient's dtype, as Keras's
   `apply` unscales them before accumulating or clipping. Stateless."""
-  fn = "presets.keras"
-  check_number(fn, "loss_scale_factor", factor, schedulable=False)
-  factor = real_part(fn, "loss_scale_factor", factor)
-  number = concrete_number(factor)
-  if number is not None and not (math.isfinite(number) and number > 0):
-    raise ValueError(
-        f"{fn}: `loss_scale_factor` must be a finite number > 0 (the factor the loss was "
-        f"multiplied by), but got loss_scale_factor={factor!r}. Pass the factor your loss "
-        "was scaled by, such as 1024.0, or None for an unscaled loss."
-    )
+  factor = _finite_positive(
+      "presets.keras", "loss_scale_factor", factor, "the factor the loss was multiplied by",
+      "Pass the factor your loss was scaled by, such as 1024.0, or None for an unscaled loss.",
+  )
 
   def unscale(g):
     g = jnp.asarray(g)
@@ -534,19 +541,71 @@ def timm_tf(
     momentum: ScalarOrSchedule | None = None,
     centered: bool = False,
     decoupled_decay: bool = False,
+    corrected_weight_decay: bool = False,
     lr_in_momentum: bool = True,
+    caution: bool = False,
+    *,
+    max_lr: Any = None,
 ) -> _optax.GradientTransformationExtraArgs:
   r"""timm's `RMSpropTF`: TF1's equations (:math:`v_0 = 1`, eps inside) in PyTorch.
 
   Weight decay is coupled (:math:`g \leftarrow g + \lambda p`) or, with ``decoupled_decay``,
-  :math:`p \leftarrow p (1 - \eta\lambda)`; ``lr_in_momentum`` chooses TF1's buffer of
-  lr-scaled steps or PyTorch's buffer of raw steps.
+  :math:`p \leftarrow p (1 - \eta\lambda)`; with ``corrected_weight_decay`` as well,
+  :math:`p \leftarrow p (1 - \eta^2 \lambda / \eta_{max})`, so that the decay follows the
+  learning rate's schedule. :math:`\eta_{max}` is the learning rate `RMSpropTF` was built
+  with (its ``defaults['lr']``, the base that timm's schedulers scale): ``lr`` itself when it
+  is a number, and ``max_lr``, which must then be given, when it is a schedule or an array.
+  ``lr_in_momentum`` chooses TF1's buffer of lr-scaled steps or PyTorch's buffer of raw
+  steps. ``caution`` (Liang et al., 2024) zeroes the coordinates where the momentum buffer
+  points against the gradient and scales the rest by 1 / (the fraction kept), as timm does
+  only with a momentum: without one it changes nothing. The arguments follow timm 1.0's
+  order, so a timm call runs unchanged.
   """
+  fn = "presets.timm_tf"
+  for flag, value in (("decoupled_decay", decoupled_decay),
+                      ("corrected_weight_decay", corrected_weight_decay), ("caution", caution)):
+    check_flag(fn, flag, value)
+  if max_lr is not None:
+    max_lr = _finite_positive(
+        fn, "max_lr", max_lr, "the learning rate RMSpropTF was built with",
+        "Pass the peak of your schedule, such as 1e-2.",
+    )
+  decayed = weight_decay is not None and not is_static_zero(weight_decay)
+  if corrected_weight_decay and decoupled_decay and decayed:
+    weight_decay = _timm_corrected_decay(fn, weight_decay, lr, max_lr)
+  momentum = _momentum_or_none(momentum)
   return make(
-      "presets.timm_tf",
+      fn,
       {"learning_rate": "lr", "decay": "alpha", "decoupled_weight_decay": "decoupled_decay"},
       lr, alpha, eps,
       eps_in_sqrt=True, initial_scale=1.0, centered=centered,
-      momentum=_momentum_or_none(momentum), lr_in_momentum=lr_in_momentum,
+      momentum=momentum, lr_in_momentum=lr_in_momentum,
+      caution=bool(caution) and momentum is not None,
       weight_decay=weight_decay, decoupled_weight_decay=decoupled_decay,
   )
+
+
+def _timm_corrected_decay(fn: str, weight_decay: Any, lr: Any, max_lr: Any) -> Any:
+  """timm's corrected decoupled decay as a weight decay for `rmsprop`, which multiplies it by
+  the learning rate: weight_decay * lr / max_lr, a schedule where either is one."""
+  # Checked here, in the caller's names, before they are combined into one number.
+  check_number(fn, "lr", lr)
+  check_number(fn, "weight_decay", weight_decay)
+  check_nonnegative(fn, "weight_decay", weight_decay, "the weight decay coefficient")
+  if max_lr is None:
+    if not is_static_number(lr):
+      raise ValueError(
+          f"{fn}: `corrected_weight_decay=True` scales the decay by lr**2 / max_lr, where "
+          "max_lr is the learning rate RMSpropTF was built with (its defaults['lr'], the "
+          f"base its scheduler scales), but lr={lr!r} is a schedule or an array, which does "
+          "not tell it. Pass max_lr=, the learning rate you gave RMSpropTF (the peak of the "
+          "schedule, such as max_lr=1e-2)."
+      )
+    return weight_decay  # lr**2 / lr: the decay is the uncorrected one
+  if not (callable(weight_decay) or callable(lr)):
+    return weight_decay * lr / max_lr
+
+  def at(value, count):
+    return value(count) if callable(value) else value
+
+  return lambda count: at(weight_decay, count) * at(lr, count) / max_lr

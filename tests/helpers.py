@@ -105,10 +105,20 @@ class RefConfig:
   momentum: float | None = None
   nesterov: bool = False
   lr_in_momentum: bool = True
+  caution: bool = False
   bias_correction: bool = False
   weight_decay: float = 0.0
   decoupled_weight_decay: bool = False
   maximize: bool = False
+
+
+def cautious(step, g, caution: bool = True):
+  """Caution (Liang et al., 2024) from its definition: the step's coordinates that point
+  against the gradient zeroed, the rest divided by the fraction kept (at least 1e-3)."""
+  if not caution:
+    return step
+  kept = (np.real(step * np.conj(g)) > 0).astype(np.float64)
+  return step * kept / max(kept.mean(), 1e-3)
 
 
 class ReferenceRMSProp:
@@ -150,10 +160,10 @@ class ReferenceRMSProp:
         s = lr * u
       elif cfg.lr_in_momentum:
         self.b[i] = cfg.momentum * self.b[i] + lr * u
-        s = lr * u + cfg.momentum * self.b[i] if cfg.nesterov else self.b[i]
+        s = cautious(lr * u + cfg.momentum * self.b[i] if cfg.nesterov else self.b[i], g, cfg.caution)
       else:
         self.b[i] = cfg.momentum * self.b[i] + u
-        s = lr * (u + cfg.momentum * self.b[i]) if cfg.nesterov else lr * self.b[i]
+        s = lr * cautious(u + cfg.momentum * self.b[i] if cfg.nesterov else self.b[i], g, cfg.caution)
       if cfg.weight_decay and cfg.decoupled_weight_decay:
         s = s + lr * cfg.weight_decay * p
       out.append(p - s)
@@ -200,12 +210,15 @@ class TF1Reference:
 
 
 class TimmRMSpropTFReference:
-  """timm's `RMSpropTF` step, transcribed (float64): TF1's equations plus weight decay."""
+  """timm's `RMSpropTF` step, transcribed (float64): TF1's equations plus weight decay,
+  timm's corrected decoupled decay (lr**2 / max_lr) and caution."""
 
   def __init__(self, params, lr, alpha=0.9, eps=1e-10, weight_decay=0.0, momentum=0.0,
-               centered=False, decoupled_decay=False, lr_in_momentum=True):
+               centered=False, decoupled_decay=False, corrected_weight_decay=False,
+               lr_in_momentum=True, caution=False, max_lr=None):
     self.lr, self.alpha, self.eps, self.wd, self.mu = lr, alpha, eps, weight_decay, momentum
     self.centered, self.decoupled, self.lr_in_momentum = centered, decoupled_decay, lr_in_momentum
+    self.corrected, self.caution, self.max_lr = corrected_weight_decay, caution, max_lr
     self.square_avg = [np.ones(np.shape(p)) for p in params]
     self.grad_avg = [np.zeros(np.shape(p)) for p in params]
     self.buf = [np.zeros(np.shape(p)) for p in params]
@@ -219,7 +232,7 @@ class TimmRMSpropTFReference:
       p, g = np.array(p, np.float64), np.asarray(g, np.float64)
       if self.wd != 0:
         if self.decoupled:
-          p = p * (1.0 - lr * self.wd)
+          p = p * (1.0 - (lr**2 / self.max_lr if self.corrected else lr) * self.wd)
         else:
           g = g + self.wd * p
       self.square_avg[i] += one_minus_alpha * (g**2 - self.square_avg[i])
@@ -231,15 +244,35 @@ class TimmRMSpropTFReference:
       if self.mu > 0:
         if self.lr_in_momentum:
           self.buf[i] = self.mu * self.buf[i] + lr * g / avg
-          p = p - self.buf[i]
+          p = p - cautious(self.buf[i], g, self.caution)
         else:
           self.buf[i] = self.mu * self.buf[i] + g / avg
-          p = p - lr * self.buf[i]
+          p = p - lr * cautious(self.buf[i], g, self.caution)
       else:
         p = p - lr * g / avg
       out.append(p)
     self.t += 1
     return out
+
+
+def timm_rmsprop_tf():
+  """The `RMSpropTF` class of the installed timm, loaded without running timm's package
+  `__init__`: that imports torchvision, which has no build for the CPU torch the tests pin,
+  while the optimizer's module needs torch alone. The Makefile installs timm without its
+  dependencies for that reason. The module is loaded as it ships, under a private package
+  name, so `import timm` elsewhere is unaffected."""
+  import importlib
+  import importlib.util
+  import pathlib
+  import sys
+  import types
+
+  spec = importlib.util.find_spec("timm")
+  assert spec is not None and spec.submodule_search_locations, "timm is not installed: run make test"
+  package = types.ModuleType("_timm_optim")
+  package.__path__ = [str(pathlib.Path(spec.submodule_search_locations[0]) / "optim")]
+  sys.modules.setdefault("_timm_optim", package)
+  return importlib.import_module("_timm_optim.rmsprop_tf").RMSpropTF
 
 
 def run_optax(opt, problem: Quadratic, steps: int, use_jit: bool = True, set_state=None) -> list:

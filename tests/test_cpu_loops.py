@@ -186,5 +186,13 @@ def test_the_merged_form_tracks_the_reference_without_the_flag_too(name, monkeyp
   tracks_the_reference(_optimizer(name), CONFIGS[name])
 
 
+def test_the_merged_form_with_caution_tracks_the_reference(monkeypatch):
+  # Caution's mean over the leaf is a reduction, so its leaves are not one loop; the merged
+  # form's copies of the old buffers must still give the step the reference takes.
+  monkeypatch.setattr(_transform, "_cpu_fuses_sibling_loops", lambda: True)
+  flags = dict(centered=True, momentum=0.9, nesterov=True, caution=True, weight_decay=0.1)
+  tracks_the_reference(rmsprop(0.01, decay=0.9, eps=1e-6, **flags), flags)
+
+
 if __name__ == "__main__":
   print(json.dumps(flagged_check(sys.argv[1:])))

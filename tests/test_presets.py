@@ -1,4 +1,4 @@
-"""Each preset against the real framework (PyTorch, Keras 3 on JAX, Optax) or a transcription.
+"""Each preset against the real framework (PyTorch, Keras 3 on JAX, Optax, timm) or a transcription.
 
 Random least-squares problems, 100 steps, a learning rate that changes at every step, float32
 throughout; agreement within 1e-5 of the parameters' scale.
@@ -427,23 +427,111 @@ def test_arguments_that_choose_how_a_framework_runs_change_nothing():
   chex.assert_trees_all_equal(ascending, helpers.run_optax(presets.pytorch(0.01, maximize=True), problem, 10))
 
 
+# Weight decay: none, coupled, decoupled, decoupled and corrected (lr**2 / max_lr).
+TIMM_DECAYS = [(0, False, False), (0.05, False, False), (0.05, True, False), (0.05, True, True)]
 TIMM_CASES = [
-    dict(centered=c, momentum=m, lr_in_momentum=lim, weight_decay=w, decoupled_decay=d)
-    for c, (m, lim), (w, d) in itertools.product(
-        [False, True], [(0.0, True), (0.9, True), (0.9, False)], [(0, False), (0.05, False), (0.05, True)]
+    dict(centered=c, momentum=m, lr_in_momentum=lim, weight_decay=w, decoupled_decay=d,
+         corrected_weight_decay=cw, caution=caution)
+    for c, (m, lim), (w, d, cw), caution in itertools.product(
+        [False, True], [(0.0, True), (0.9, True), (0.9, False)], TIMM_DECAYS, [False, True]
     )
 ]
+TIMM_IDS = ["-".join(f"{k}={v}" for k, v in c.items()) for c in TIMM_CASES]
+# The learning rate timm's optimizer is built with (its defaults['lr'], corrected decay's
+# max_lr): above the schedule's values, so that the corrected decay differs.
+TIMM_MAX_LR = 0.02
 
 
-@pytest.mark.parametrize("kwargs", TIMM_CASES, ids=["-".join(f"{k}={v}" for k, v in c.items()) for c in TIMM_CASES])
+def _timm_run(problem, lrs, **kwargs):
+  params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in problem.params()]
+  opt = helpers.timm_rmsprop_tf()(params, lr=TIMM_MAX_LR, **kwargs)
+  for t in range(STEPS):
+    grads = problem.grads([p.detach().numpy() for p in params], t)
+    for p, g in zip(params, grads):
+      p.grad = torch.from_numpy(g)
+    for group in opt.param_groups:  # as timm's schedulers set it
+      group["lr"] = float(lrs[t])
+    opt.step()
+  return [p.detach().numpy() for p in params]
+
+
+@pytest.mark.parametrize("kwargs", TIMM_CASES, ids=TIMM_IDS)
+def test_timm_tf_preset_matches_timm_rmsproptf(kwargs):
+  problem = helpers.Quadratic(SHAPES, seed=300 + TIMM_CASES.index(kwargs), steps=STEPS)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=9)
+  expected = _timm_run(problem, lrs, alpha=0.9, eps=1e-10, **kwargs)
+  ours = helpers.run_optax(
+      presets.timm_tf(_schedule(lrs), alpha=0.9, eps=1e-10, **kwargs, max_lr=TIMM_MAX_LR), problem, STEPS
+  )
+  helpers.assert_close_to_scale(ours, expected)
+
+
+@pytest.mark.parametrize("kwargs", TIMM_CASES, ids=TIMM_IDS)
 def test_timm_tf_preset_matches_rmsproptf_equations(kwargs):
   problem = helpers.Quadratic(SHAPES, seed=100 + TIMM_CASES.index(kwargs), steps=STEPS)
   lrs = helpers.lr_table(STEPS, base=0.01, seed=8)
   expected = _transcription_run(
-      helpers.TimmRMSpropTFReference(problem.params(), lambda t: float(lrs[t]), alpha=0.9, eps=1e-10, **kwargs),
+      helpers.TimmRMSpropTFReference(problem.params(), lambda t: float(lrs[t]), alpha=0.9, eps=1e-10,
+                                     **kwargs, max_lr=TIMM_MAX_LR),
       problem)
-  ours = helpers.run_optax(presets.timm_tf(_schedule(lrs), alpha=0.9, eps=1e-10, **kwargs), problem, STEPS)
+  ours = helpers.run_optax(
+      presets.timm_tf(_schedule(lrs), alpha=0.9, eps=1e-10, **kwargs, max_lr=TIMM_MAX_LR), problem, STEPS
+  )
   helpers.assert_close_to_scale(ours, expected)
+
+
+def test_timm_tf_cases_tell_caution_and_corrected_decay_apart():
+  # The comparisons above could pass with either option ignored only if it changed nothing
+  # on these problems: each changes the run far beyond their tolerance.
+  problem = helpers.Quadratic(SHAPES, seed=7, steps=STEPS)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=9)
+  base = dict(momentum=0.9, weight_decay=0.05, decoupled_decay=True, max_lr=TIMM_MAX_LR)
+  plain = helpers.run_optax(presets.timm_tf(_schedule(lrs), **base), problem, STEPS)
+  for option in ("caution", "corrected_weight_decay"):
+    changed = helpers.run_optax(presets.timm_tf(_schedule(lrs), **base, **{option: True}), problem, STEPS)
+    gap = max(np.max(np.abs(a - b)) for a, b in zip(changed, plain))
+    assert gap > 1e-3, option
+
+
+def test_timm_tf_preset_takes_timms_arguments_in_order():
+  timm_args = list(inspect.signature(helpers.timm_rmsprop_tf()).parameters)[1:]  # after params
+  assert list(inspect.signature(presets.timm_tf).parameters) == [*timm_args, "max_lr"]
+  assert inspect.signature(presets.timm_tf).parameters["max_lr"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_timm_tf_corrected_decay_needs_max_lr_only_for_a_schedule():
+  problem = helpers.Quadratic(SHAPES, seed=31, steps=10)
+  decayed = dict(weight_decay=0.05, decoupled_decay=True)
+  # A number lr is timm's defaults['lr'] itself: lr**2 / lr, the uncorrected decay.
+  chex.assert_trees_all_equal(
+      helpers.run_optax(presets.timm_tf(0.01, **decayed, corrected_weight_decay=True), problem, 10),
+      helpers.run_optax(presets.timm_tf(0.01, **decayed), problem, 10),
+  )
+  with pytest.raises(ValueError, match=r"^presets\.timm_tf: `corrected_weight_decay=True` .* Pass max_lr="):
+    presets.timm_tf(optax_lib.constant_schedule(0.01), **decayed, corrected_weight_decay=True)
+  for bad in (0.0, -1e-2, float("inf")):
+    with pytest.raises(ValueError, match=r"^presets\.timm_tf: `max_lr` must be a finite number > 0"):
+      presets.timm_tf(0.01, max_lr=bad)
+
+
+def test_timm_tf_caution_without_momentum_changes_nothing_as_in_timm():
+  problem = helpers.Quadratic(SHAPES, seed=32, steps=10)
+  chex.assert_trees_all_equal(
+      helpers.run_optax(presets.timm_tf(0.01, caution=True), problem, 10),
+      helpers.run_optax(presets.timm_tf(0.01), problem, 10),
+  )
+
+
+def test_timm_tf_injected_corrected_decay_and_caution_match_the_fixed_ones():
+  problem = helpers.Quadratic(SHAPES, seed=33, steps=20)
+  kwargs = dict(momentum=0.9, weight_decay=0.05, decoupled_decay=True, corrected_weight_decay=True,
+                caution=True, max_lr=TIMM_MAX_LR)
+  injected = optax_lib.inject_hyperparams(presets.timm_tf)(lr=0.01, **kwargs)
+  helpers.assert_close_to_scale(
+      helpers.run_optax(injected, problem, 20),
+      helpers.run_optax(presets.timm_tf(0.01, **kwargs), problem, 20),
+      rtol=1e-6,
+  )
 
 
 def test_presets_keep_no_momentum_buffer_when_momentum_is_zero():

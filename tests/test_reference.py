@@ -99,6 +99,58 @@ def test_every_flag_combination_tracks_the_numpy_reference(case):
   helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS, use_jit=False), expected, what="eager")
 
 
+# Caution with every momentum mode, weight decay off / coupled / decoupled, and centered
+# with maximize or neither.
+CAUTION_CASES = list(itertools.product(MOMENTUM_MODES[1:], DECAY_MODES, [False, True]))
+
+
+@pytest.mark.parametrize(
+    "case", CAUTION_CASES,
+    ids=[_case_id((True, both, mode, False, decay, both)) for mode, decay, both in CAUTION_CASES],
+)
+def test_caution_tracks_the_numpy_reference(case):
+  (mom, nesterov, lr_in), (wd, decoupled), both = case
+  problem = helpers.Quadratic(shapes=((3, 4), (5,)), seed=400 + CAUTION_CASES.index(case), steps=STEPS, negate=both)
+  lrs = helpers.lr_table(STEPS, base=0.01, seed=3)
+  kwargs = dict(eps=1e-6, centered=both, momentum=mom, nesterov=nesterov, lr_in_momentum=lr_in, weight_decay=wd,
+                decoupled_weight_decay=decoupled, maximize=both)
+  table = jnp.asarray(lrs)
+  ours = rmsprop(lambda count: table[count], decay=0.9, caution=True, **kwargs)
+  ref = helpers.RefConfig(learning_rate=lambda t: float(lrs[t]), decay=0.9, caution=True, **kwargs)
+  expected = _reference_run(ref, problem)
+  helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS), expected)
+  # Caution changes these runs: without it they end elsewhere.
+  uncautious = _reference_run(helpers.RefConfig(learning_rate=lambda t: float(lrs[t]), decay=0.9, **kwargs), problem)
+  assert max(np.max(np.abs(a - b)) for a, b in zip(uncautious, expected)) > 1e-3
+
+
+def test_caution_on_complex_parameters_keeps_the_coordinates_whose_step_leans_with_the_gradient():
+  # Re(step * conj(g)) > 0: the step and the gradient less than 90 degrees apart.
+  problem = helpers.Quadratic(shapes=((3,), (2, 2)), seed=6, steps=STEPS, complex_leaves=(0,))
+  lrs = helpers.lr_table(STEPS, seed=4)
+  table = jnp.asarray(lrs)
+  ours = rmsprop(lambda c: table[c], decay=0.9, momentum=0.9, caution=True)
+  expected = _reference_run(
+      helpers.RefConfig(learning_rate=lambda t: float(lrs[t]), decay=0.9, momentum=0.9, caution=True), problem
+  )
+  helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS, use_jit=True), expected)
+  helpers.assert_close_to_scale(helpers.run_optax(ours, problem, STEPS, use_jit=False), expected, what="eager")
+
+
+def test_caution_scales_the_kept_coordinates_by_at_most_a_thousand():
+  # One coordinate of 2000 agrees with its gradient: the fraction kept, 5e-4, is floored at
+  # 1e-3, so that coordinate moves 1000 times its uncautioned step, not 2000 times.
+  opt = rmsprop(0.01, momentum=0.9, caution=True)
+  params = jnp.zeros(2000, jnp.float32)
+  state = opt.init(params)
+  _, state = opt.update(jnp.ones(2000, jnp.float32), state)
+  g = jnp.full(2000, -1.0, jnp.float32).at[0].set(1.0)
+  updates, state = opt.update(g, state)
+  step = np.asarray(state.trace)  # the buffer, before caution
+  np.testing.assert_allclose(updates[0], -1000 * step[0], rtol=1e-6)
+  np.testing.assert_array_equal(updates[1:], 0.0)
+
+
 def test_decay_and_eps_schedules_follow_the_step_count():
   problem = helpers.Quadratic(shapes=((6,), (2, 3)), seed=7, steps=STEPS)
   decays = np.linspace(0.5, 0.99, STEPS)

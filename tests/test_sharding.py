@@ -387,6 +387,23 @@ def test_collective_check_catches_a_global_norm():
   assert "all-reduce" in _collectives_in(text)
 
 
+def test_caution_keeps_the_state_sharded_and_sums_each_leaf_across_devices():
+  """Caution's fraction of kept coordinates is a mean over the whole leaf: one all-reduce of
+  a scalar per leaf split over devices, and the state still stays where its param is.
+  (Compiled, not run, as above.)"""
+  mesh = _mesh((4, 2), ("rows", "cols"), AxisType.Auto)
+  opt = rmsprop(0.05, momentum=0.9, caution=True)
+  params = _place(mesh, STEP_TREE, seed=1)
+  with _mesh_context(mesh, AxisType.Auto):
+    state = opt.init(params)
+    compiled = jax.jit(_train_step(opt)).lower(params, state, params).compile()
+  assert "all-reduce" in _collectives_in(compiled.as_text())
+  _, state_shardings = compiled.output_shardings
+  for name, param in params.items():
+    assert state_shardings.trace[name].is_equivalent_to(param.sharding, param.ndim), name
+    assert state_shardings.nu[name].is_equivalent_to(param.sharding, param.ndim), name
+
+
 def _assert_close_per_dtype(actual, expected, what):
   """Float32 leaves to 1e-6 relative; bfloat16 state to one bfloat16 ulp."""
   for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):

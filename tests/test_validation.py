@@ -50,6 +50,11 @@ def test_nesterov_without_momentum_is_rejected():
     rmsprop(0.1, nesterov=True)
 
 
+def test_caution_without_momentum_is_rejected():
+  with pytest.raises(ValueError, match=r"^rmsprop: caution=True needs a momentum, but got momentum=None\..*Pass momentum=0\.9"):
+    rmsprop(0.1, caution=True)
+
+
 def _assert_steps_are_optax_zero_momentum_nesterov(update_fns, state):
   params, grads = jnp.array([0.2, 0.4, 0.6], jnp.float32), jnp.array([-0.5, 0.3, 0.24], jnp.float32)
   theirs = optax.rmsprop(0.1, momentum=0.0, nesterov=True)
@@ -396,7 +401,7 @@ def test_a_schedule_that_returns_none_is_rejected_not_followed_uphill():
       opt.update(params, opt.init(params), params)
 
 
-@pytest.mark.parametrize("flag", ["centered", "nesterov", "bias_correction", "maximize", "eps_in_sqrt"])
+@pytest.mark.parametrize("flag", ["centered", "nesterov", "bias_correction", "maximize", "eps_in_sqrt", "caution"])
 def test_structural_options_must_be_booleans(flag):
   with pytest.raises(TypeError, match=rf"`{flag}` must be True or False, but got {flag}='yes'"):
     rmsprop(0.1, momentum=0.9, **{flag: "yes"})
