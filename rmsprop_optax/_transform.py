@@ -290,9 +290,8 @@ def _precondition(
       variance = lax.max(lax.sub(nu_hat, mu_sq), floor)
     else:
       # Clamped at 0 as v - min(m^2, v), which is max(v - m^2, 0) bit for bit in one
-      # operation fewer. XLA's compile time grows with the operations (and constants) of
-      # every leaf's loops: each one cut is about 2% of a centered Nesterov step's, which
-      # preconditions twice per leaf.
+      # operation and one constant fewer: XLA's compile time grows with the operations in
+      # every leaf's loops, and a centered Nesterov step preconditions twice per leaf.
       variance = lax.sub(nu_hat, lax.min(mu_sq, nu_hat))
   if config.eps_in_sqrt:
     return lax.mul(g, _cast(lax.rsqrt(lax.add(variance, r.eps)), cdt))
@@ -504,7 +503,8 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     else:
       # The step is -(lr * (momentum * buf + u)) or -(momentum * buf + lr * u), with lr
       # folded into the buffer. The sign is flipped by multiplying by -lr or -momentum where
-      # one multiplies last: the same bits (rounding is symmetric), one negation fewer.
+      # one multiplies last, one negation fewer: the same values, since rounding is
+      # symmetric (only a sum that cancels to exactly 0 comes out +0 rather than -0).
       step = buf_new
       negated = False
       if leaf_config.nesterov:
