@@ -81,8 +81,10 @@ def rmsprop(
     caution: cautious momentum (Liang et al., 2024; timm's ``caution``): the step's
       coordinates that point against the current gradient (:math:`s g \le 0`) are zeroed
       and the rest divided by the fraction kept in the leaf (at least 1e-3), before the
-      learning rate when it is applied outside the buffer. Needs ``momentum``. The fraction
-      is a mean over each leaf: a leaf sharded over devices costs one scalar all-reduce.
+      learning rate when it is applied outside the buffer. Needs ``momentum``, and as in
+      timm acts only while it is positive: at 0 (a schedule's or an injected value) it
+      changes nothing. The fraction is a mean over each leaf: a leaf sharded over devices
+      costs one scalar all-reduce.
     bias_correction: divide the averages by :math:`1 - \rho^t` (as Adam does), removing the
       bias toward zero of averages that start at 0 (``initial_scale=0``). With a nonzero
       ``initial_scale`` it weighs that first value more, not less. With a decay schedule

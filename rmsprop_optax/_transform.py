@@ -185,7 +185,13 @@ class _Hyper(NamedTuple):
         return np.asarray(value, dtype)[()]
       return jnp.asarray(value, dtype)
 
-    return _Hyper(*map(convert, self))
+    converted = _Hyper(*map(convert, self))
+    # The negations are taken in `dtype`: taken first, an unsigned integer learning rate or
+    # momentum (a uint8 array, say) would wrap around to a huge positive number.
+    return converted._replace(
+        neg_lr=None if converted.lr is None else -converted.lr,
+        neg_momentum=None if converted.momentum is None else -converted.momentum,
+    )
 
 
 def _leaf_mask(fn: str, mask: Any, updates: Any, params: Any) -> list[Any]:
@@ -235,12 +241,19 @@ def _leaf_mask(fn: str, mask: Any, updates: Any, params: Any) -> list[Any]:
   return flags
 
 
-def _cautious(step: jax.Array, g: jax.Array) -> jax.Array:
+def _cautious(step: jax.Array, g: jax.Array, momentum: Any) -> jax.Array:
   """Caution (Liang et al., 2024): the step's coordinates that point against the gradient
   (Re(step * conj(g)) <= 0) are zeroed and the others scaled by 1 / (the fraction kept), at
   most 1000-fold, so that the step keeps its overall size: step * c / max(mean(c), 1e-3).
   The mean runs over the whole leaf, as timm's does over each tensor.
+
+  As in timm, only with a positive `momentum` (a real scalar): at 0, where a schedule or
+  `optax.inject_hyperparams` may set it, the step is the preconditioned gradient, which
+  leans with the gradient wherever it is nonzero, and caution would only scale the step up
+  by the fraction of zero gradients.
   """
+  if isinstance(momentum, (np.generic, float, int)) and not momentum > 0:
+    return step
   rdt = jnp.finfo(step.dtype).dtype
   if jnp.iscomplexobj(step):
     agreement = lax.real(lax.mul(step, lax.conj(g)))
@@ -249,6 +262,8 @@ def _cautious(step: jax.Array, g: jax.Array) -> jax.Array:
   kept = _cast(lax.gt(agreement, np.zeros((), rdt)[()]), rdt)
   fraction = lax.div(jnp.sum(kept), np.asarray(max(kept.size, 1), rdt)[()])
   scale = lax.div(kept, lax.max(fraction, np.asarray(1e-3, rdt)[()]))
+  if not isinstance(momentum, (np.generic, float, int)):  # an array: decided in the step
+    scale = lax.select(lax.gt(momentum, np.zeros((), rdt)[()]), scale, lax.full_like(scale, 1))
   return lax.mul(step, _cast(scale, step.dtype))
 
 
@@ -385,9 +400,11 @@ def _for_recomputing(buffers: list) -> list:
   two; see _cpu_fuses_sibling_loops for what the step does when it has.) So on
   CPU the buffers pass through an optimization barrier, which keeps XLA from merging the
   second computation into the first: the same arithmetic on the same values, bit for bit.
-  Elsewhere they pass through untouched.
+  Elsewhere they pass through untouched, and so do they outside a trace: an update called
+  eagerly runs operation by operation, so there is nothing for XLA to merge, and one barrier
+  over every leaf would be one computation, which fails for leaves on different devices.
   """
-  if not buffers:
+  if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(buffers)):
     return buffers
   return lax.platform_dependent(buffers, cpu=lax.optimization_barrier, default=lambda same: same)
 
@@ -517,7 +534,7 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
         else:
           step, negated = lax.add(lax.mul(c.neg_lr, u), lax.mul(c.neg_momentum, step)), True
       if leaf_config.caution:
-        step = _cautious(step, g_step)
+        step = _cautious(step, g_step, r.momentum)
       if not leaf_config.lr_in_momentum:
         step, negated = lax.mul(c.neg_lr, step), True
       if not negated:
@@ -630,12 +647,11 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       else:
         log_product = lax.mul(new_count.astype(wide), log_decay)
       inv_correction = 1.0 / -jnp.expm1(log_product)
-    momentum = _at(config, "momentum", count) if use_momentum else None
     hyper = _Hyper(
         decay=decay, one_minus_decay=one_minus_decay, eps=_at(config, "eps", count), lr=lr,
-        neg_lr=None if lr is None else -lr,
-        momentum=momentum,
-        neg_momentum=None if momentum is None else -momentum,
+        neg_lr=None,  # -lr and -momentum: taken by in_dtype, after the conversion
+        momentum=_at(config, "momentum", count) if use_momentum else None,
+        neg_momentum=None,
         weight_decay=_at(config, "weight_decay", count) if use_weight_decay else None,
         inv_correction=inv_correction,
     )

@@ -558,7 +558,7 @@ def timm_tf(
   ``lr_in_momentum`` chooses TF1's buffer of lr-scaled steps or PyTorch's buffer of raw
   steps. ``caution`` (Liang et al., 2024) zeroes the coordinates where the momentum buffer
   points against the gradient and scales the rest by 1 / (the fraction kept), as timm does
-  only with a momentum: without one it changes nothing. The arguments follow timm 1.0's
+  only with a positive momentum: without one, or with one of 0, it changes nothing. The arguments follow timm 1.0's
   order, so a timm call runs unchanged.
   """
   fn = "presets.timm_tf"

@@ -156,14 +156,15 @@ class ReferenceRMSProp:
       var = v_hat - (np.abs(m_hat) ** 2 if cfg.centered else 0.0)
       var = np.maximum(var, 0.0)
       u = g / np.sqrt(var + cfg.eps) if cfg.eps_in_sqrt else g / (np.sqrt(var) + cfg.eps)
+      caution = cfg.caution and cfg.momentum is not None and cfg.momentum > 0  # as timm's
       if cfg.momentum is None:
         s = lr * u
       elif cfg.lr_in_momentum:
         self.b[i] = cfg.momentum * self.b[i] + lr * u
-        s = cautious(lr * u + cfg.momentum * self.b[i] if cfg.nesterov else self.b[i], g, cfg.caution)
+        s = cautious(lr * u + cfg.momentum * self.b[i] if cfg.nesterov else self.b[i], g, caution)
       else:
         self.b[i] = cfg.momentum * self.b[i] + u
-        s = lr * cautious(u + cfg.momentum * self.b[i] if cfg.nesterov else self.b[i], g, cfg.caution)
+        s = lr * cautious(u + cfg.momentum * self.b[i] if cfg.nesterov else self.b[i], g, caution)
       if cfg.weight_decay and cfg.decoupled_weight_decay:
         s = s + lr * cfg.weight_decay * p
       out.append(p - s)

@@ -522,6 +522,32 @@ def test_timm_tf_caution_without_momentum_changes_nothing_as_in_timm():
   )
 
 
+@pytest.mark.parametrize("lr_in_momentum", [True, False], ids=["lr-in-momentum", "lr-outside"])
+def test_timm_tf_caution_with_an_injected_zero_momentum_changes_nothing_as_in_timm(lr_in_momentum):
+  # timm applies caution only with a momentum > 0. An injected momentum of 0.0 (the presets'
+  # way to keep a buffer for a momentum raised later) keeps the buffer, and caution must
+  # still change nothing: a gradient with exact zeros (rows of an embedding that no batch
+  # used) had the rest of its step scaled up by the fraction of zeros.
+  rng = np.random.default_rng(34)
+  p0 = rng.normal(size=(6, 4)).astype(np.float32)
+  grads = [rng.normal(size=(6, 4)).astype(np.float32) * (rng.random((6, 4)) < 0.5) for _ in range(6)]
+  torch_p = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+  timm = helpers.timm_rmsprop_tf()([torch_p], lr=0.01, momentum=0.0, lr_in_momentum=lr_in_momentum, caution=True)
+  opt = optax_lib.inject_hyperparams(presets.timm_tf)(
+      lr=0.01, momentum=0.0, lr_in_momentum=lr_in_momentum, caution=True
+  )
+  params = jnp.asarray(p0)
+  state = opt.init(params)
+  assert state.inner_state.trace is not None  # the buffer is kept, and caution with it
+  update = jax.jit(opt.update)
+  for g in grads:
+    torch_p.grad = torch.from_numpy(g)
+    timm.step()
+    updates, state = update(jnp.asarray(g), state, params)
+    params = optax_lib.apply_updates(params, updates)
+    np.testing.assert_allclose(params, torch_p.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_timm_tf_injected_corrected_decay_and_caution_match_the_fixed_ones():
   problem = helpers.Quadratic(SHAPES, seed=33, steps=20)
   kwargs = dict(momentum=0.9, weight_decay=0.05, decoupled_decay=True, corrected_weight_decay=True,

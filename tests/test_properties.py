@@ -402,3 +402,24 @@ def test_apply_if_finite_skips_the_bad_step_and_leaves_the_state_untouched():
   for got, g in zip([updates0, updates1, updates2], good):
     expected = reference.step([np.zeros(4)], [g])[0]
     np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=2e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, dict(momentum=0.9, nesterov=True), dict(momentum=0.9, lr_in_momentum=False),
+    dict(weight_decay=0.1, decoupled_weight_decay=True),
+], ids=["plain", "nesterov", "lr-outside-momentum", "decoupled-decay"])
+@pytest.mark.parametrize("lr", [np.uint32(1), np.uint8(1), "uint8 array"], ids=["uint32", "uint8", "uint8-array"])
+def test_an_unsigned_integer_learning_rate_steps_as_its_float_value(lr, kwargs):
+  # The step multiplies by -lr: negated before its conversion to the leaf's dtype, an
+  # unsigned 1 wrapped around to 4294967295 (or 255).
+  lr = jnp.asarray(1, jnp.uint8) if isinstance(lr, str) else lr
+  params = jnp.asarray([1.0, 2.0, -3.0], jnp.float32)
+  grads = jnp.asarray([0.5, -0.5, 0.25], jnp.float32)
+  for given in (lr, 1.0):
+    opt = rmsprop(given, **kwargs)
+    state = opt.init(params)
+    updates, state = opt.update(grads, state, params)
+    updates, _ = opt.update(grads, state, params)
+    if given is lr:
+      unsigned = updates
+  np.testing.assert_array_equal(unsigned, updates)

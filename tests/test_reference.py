@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import chex
@@ -149,6 +150,32 @@ def test_caution_scales_the_kept_coordinates_by_at_most_a_thousand():
   step = np.asarray(state.trace)  # the buffer, before caution
   np.testing.assert_allclose(updates[0], -1000 * step[0], rtol=1e-6)
   np.testing.assert_array_equal(updates[1:], 0.0)
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["heavy-ball", "nesterov"])
+@pytest.mark.parametrize("momentum", [0.0, "injected 0.0"])
+def test_caution_changes_nothing_at_a_momentum_of_zero_as_in_timm(momentum, nesterov):
+  # With momentum 0 the step is the preconditioned gradient, which leans with the gradient
+  # wherever that is nonzero; caution (timm applies it only with a momentum > 0) would only
+  # scale the step up by the fraction of exact zeros in the gradient.
+  rng = np.random.default_rng(41)
+  grads = [jnp.asarray(rng.normal(size=(8, 5)) * (rng.random((8, 5)) < 0.5), jnp.float32) for _ in range(4)]
+  params = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+  if momentum == 0.0:
+    build = functools.partial(rmsprop, 0.01, momentum=0.0, nesterov=nesterov)
+  else:
+    build = functools.partial(optax.inject_hyperparams(rmsprop), 0.01, momentum=0.0, nesterov=nesterov)
+  outcomes = []
+  for caution in (True, False):
+    opt = build(caution=caution)
+    state, updates = opt.init(params), []
+    for g in grads:
+      update, state = jax.jit(opt.update)(g, state, params)
+      updates.append(update)
+    outcomes.append(updates)
+  chex.assert_trees_all_equal(*outcomes)
+  # Caution applied anyway would have changed them: the gradients have exact zeros.
+  assert not np.allclose(helpers.cautious(np.asarray(outcomes[1][0]), np.asarray(grads[0])), outcomes[1][0])
 
 
 def test_decay_and_eps_schedules_follow_the_step_count():

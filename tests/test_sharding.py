@@ -260,6 +260,33 @@ def test_params_committed_to_several_devices_update_outside_jit(kwargs, placemen
     assert updates[name].sharding.device_set == sharding.device_set
 
 
+@pytest.mark.parametrize("make", [
+    lambda: rmsprop(0.1, momentum=0.9, nesterov=True, centered=True),
+    lambda: rmsprop(0.1, weight_decay=0.1),
+    lambda: presets.pytorch(0.1, weight_decay=0.1),
+], ids=["nesterov", "coupled-decay", "preset-pytorch-decay"])
+def test_steps_that_compute_a_value_twice_update_leaves_on_several_devices_outside_jit(make):
+  # Nesterov's step and a coupled decay's compute a value a second time instead of sharing
+  # it, from buffers passed through an optimization barrier under jit. Outside jit there is
+  # nothing to merge: one barrier over every leaf was one computation, which failed for
+  # leaves committed to different devices.
+  rng = np.random.default_rng(6)
+  devices = dict(zip("ab", jax.devices()[1:3]))
+  params = {name: rng.normal(size=(4, 2)).astype(np.float32) for name in devices}
+  grads = {name: rng.normal(size=(4, 2)).astype(np.float32) for name in devices}
+
+  def placed(tree):
+    return {name: jax.device_put(value, devices[name]) for name, value in tree.items()}
+
+  opt = make()
+  updates, state = opt.update(placed(grads), opt.init(placed(params)), placed(params))
+  together, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+  for name, device in devices.items():
+    np.testing.assert_allclose(updates[name], together[name], rtol=1e-6)
+    assert updates[name].devices() == {device}
+  assert all(leaf.devices() <= set(devices.values()) for leaf in jax.tree.leaves(state) if leaf.ndim)
+
+
 # ---------------------------------------------------------------------------------------------
 # The compiled update moves no data between devices.
 
