@@ -226,6 +226,7 @@ def _leaf_mask(fn: str, mask: Any, updates: Any, params: Any) -> list[Any]:
         "params), or pass a callable that does."
     ) from error
   flags = treedef.flatten_up_to(full)
+  leaves = treedef.flatten_up_to(updates)
   for index, flag in enumerate(flags):
     if isinstance(flag, (bool, np.bool_)):
       flags[index] = bool(flag)  # a NumPy bool is as fixed as a Python one
@@ -237,6 +238,14 @@ def _leaf_mask(fn: str, mask: Any, updates: Any, params: Any) -> list[Any]:
           f"is {flag!r} (of type {type(flag).__name__}). Build the mask from comparisons, for "
           "example jax.tree.map(lambda p: p.ndim > 1, params); to scale the decay per leaf, "
           "use optax.masked or optax.multi_transform with separate optimizers."
+      )
+    elif np.shape(flag) not in ((), np.shape(leaves[index])):
+      raise ValueError(
+          f"{fn}: a boolean array in `weight_decay_mask` must be a scalar or have its "
+          f"parameter's shape, but the entry for the parameter at "
+          f"{_validation.path_at(updates, index)} has shape {np.shape(flag)} where the "
+          f"parameter has shape {np.shape(leaves[index])}. Pass one flag per leaf, or an "
+          "array of the parameter's shape to decay some of its elements."
       )
   return flags
 

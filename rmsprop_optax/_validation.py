@@ -437,11 +437,19 @@ def check_update_inputs(
       )
     # The buffers cannot tell a real parameter's state from a complex one's where all are
     # real (plain RMSProp keeps only the real `nu`), but the params can.
-    if jnp.iscomplexobj(g) and not jnp.iscomplexobj(p):
+    if jnp.iscomplexobj(g) != jnp.iscomplexobj(p):
+      if jnp.iscomplexobj(g):
+        kinds = ("complex", "real")
+        why = ("the step's imaginary part could not be applied, yet it would enter the average "
+               "of squares. Pass jnp.real of the gradient, or make the parameter complex and "
+               "re-run init.")
+      else:
+        kinds = ("real", "complex")
+        why = ("the update would be computed in the real dtype, and a weight decay would see "
+               "only the parameter's real part. Pass gradients of the parameters' own kind "
+               "(jax.grad of a complex parameter is complex), for instance g.astype(p.dtype).")
       raise TypeError(
-          f"{fn}.update: the gradient at {path_of(index)} is complex "
-          f"({jnp.result_type(g).name}), but its parameter is real "
-          f"({jnp.result_type(p).name}): the step's imaginary part could not be applied, "
-          "yet it would enter the average of squares. Pass jnp.real of the gradient, or "
-          "make the parameter complex and re-run init."
+          f"{fn}.update: the gradient at {path_of(index)} is {kinds[0]} "
+          f"({jnp.result_type(g).name}), but its parameter is {kinds[1]} "
+          f"({jnp.result_type(p).name}): {why}"
       )

@@ -321,6 +321,19 @@ def test_update_rejects_weight_decay_mask_entries_that_are_not_booleans(entry):
       update(params, state, params)
 
 
+def test_update_rejects_a_boolean_array_mask_entry_of_another_shape_than_its_parameter():
+  params = {"a": jnp.ones((2, 2), jnp.float32), "b": jnp.ones(3, jnp.float32)}
+  fine = {"a": jnp.asarray([[True, False], [False, True]]), "b": jnp.asarray(False)}
+  opt, state = _state(params, weight_decay=0.1, weight_decay_mask=fine)
+  jax.jit(opt.update)(params, state, params)
+  opt, state = _state(params, weight_decay=0.1, weight_decay_mask={"a": jnp.asarray([True, False]), "b": True})
+  for update in (opt.update, jax.jit(opt.update)):
+    with pytest.raises(ValueError, match=re.escape("a boolean array in `weight_decay_mask` must be a scalar or have its "
+                                                  "parameter's shape, but the entry for the parameter at ['a'] has "
+                                                  "shape (2,) where the parameter has shape (2, 2).")):
+      update(params, state, params)
+
+
 @pytest.mark.parametrize("as_array", [True, False], ids=["returns-array", "returns-python-bool"])
 def test_a_callable_mask_under_inject_hyperparams_needs_static_args(as_array):
   params = {"w": jnp.ones((2, 2), jnp.float32), "b": jnp.ones(2, jnp.float32)}
@@ -359,6 +372,20 @@ def test_a_complex_gradient_for_a_real_param_is_rejected_where_params_are_given(
   with pytest.raises(TypeError, match=re.escape("the gradient at <root> is complex (complex64), but its parameter is real (float32)")):
     opt.update(grads, opt.init(params), params)
   with pytest.raises(TypeError, match=r"is complex \(complex64\), but its parameter is real"):
+    jax.jit(opt.update)(grads, opt.init(params), params)
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(weight_decay=0.1), dict(weight_decay=0.1, decoupled_weight_decay=True)],
+                         ids=["plain", "coupled-decay", "decoupled-decay"])
+def test_a_real_gradient_for_a_complex_param_is_rejected_where_params_are_given(kwargs):
+  # Without a complex buffer in the state, only the params tell; computed in the gradient's
+  # real dtype, a decay saw only the parameter's real part.
+  opt = rmsprop(0.1, **kwargs)
+  params = jnp.asarray([1 + 1j, 2 - 2j], jnp.complex64)
+  grads = jnp.asarray([0.5, -0.5], jnp.float32)
+  with pytest.raises(TypeError, match=re.escape("the gradient at <root> is real (float32), but its parameter is complex (complex64)")):
+    opt.update(grads, opt.init(params), params)
+  with pytest.raises(TypeError, match=r"is real \(float32\), but its parameter is complex .* g\.astype\(p\.dtype\)\."):
     jax.jit(opt.update)(grads, opt.init(params), params)
 
 
