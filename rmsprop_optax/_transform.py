@@ -186,9 +186,19 @@ class _Hyper(NamedTuple):
       return jnp.asarray(value, dtype)
 
     converted = _Hyper(*map(convert, self))
+    eps = converted.eps
+    if eps is not None and not jnp.issubdtype(dtype, jnp.complexfloating):
+      # At least the smallest normal number of the arithmetic's dtype (float32 or float64):
+      # an eps of 0 (given, or 1e-8 rounded to 0 by optax.inject_hyperparams, which casts
+      # hyperparameters to float16 params' dtype) made a coordinate whose gradient and
+      # average are 0 step 0 / 0 = NaN, where now it steps 0. Below 1.2e-38, the floor moves
+      # no other step.
+      tiny = np.asarray(jnp.finfo(dtype).tiny, dtype)[()]
+      eps = np.maximum(eps, tiny) if isinstance(eps, np.generic) else jnp.maximum(eps, tiny)
     # The negations are taken in `dtype`: taken first, an unsigned integer learning rate or
     # momentum (a uint8 array, say) would wrap around to a huge positive number.
     return converted._replace(
+        eps=eps,
         neg_lr=None if converted.lr is None else -converted.lr,
         neg_momentum=None if converted.momentum is None else -converted.momentum,
     )

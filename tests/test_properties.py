@@ -256,6 +256,30 @@ def test_zero_gradients_on_half_precision_params_give_finite_zero_updates(dtype,
         assert _finite(state)
 
 
+
+@pytest.mark.parametrize("eps_in_sqrt", [True, False], ids=["eps-inside", "eps-outside"])
+@pytest.mark.parametrize("source", ["eps-0", "injected-float16"])
+def test_a_zero_eps_steps_a_zero_gradient_on_a_zero_average_by_0_not_nan(source, eps_in_sqrt):
+  # 0 / sqrt(0 + 0) is NaN; an eps of 0 is taken as float32's smallest normal number. Under
+  # optax.inject_hyperparams with float16 params, Optax casts eps = 1e-8 to float16: 0.
+  dtype = jnp.float16 if source == "injected-float16" else jnp.float32
+  params = jnp.asarray([0.5, -2.0, 3.0], dtype)
+  grads = jnp.asarray([0.0, 0.5, -0.25], dtype)
+  if source == "eps-0":
+    opt = rmsprop(0.01, 0.9, eps=0.0, eps_in_sqrt=eps_in_sqrt)
+  else:
+    opt = optax.inject_hyperparams(rmsprop)(learning_rate=0.01, decay=0.9, eps=1e-8, eps_in_sqrt=eps_in_sqrt)
+    assert float(opt.init(params).hyperparams["eps"]) == 0.0
+  state = opt.init(params)
+  for _ in range(3):
+    updates, state = jax.jit(opt.update)(grads, state, params)
+    assert updates[0] == 0
+  # The other coordinates are RMSProp's with no eps: lr * g / sqrt(v), v = 0.271 g**2 after
+  # three steps (0.1, then 0.19).
+  g = np.asarray(grads[1:], np.float64)
+  np.testing.assert_allclose(np.asarray(updates[1:], np.float64), -0.01 * g / np.sqrt(0.271 * g**2), rtol=2e-3)
+
+
 # ---------------------------------------------------------------------------------------------
 # Exact properties.
 
