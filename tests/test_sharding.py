@@ -431,6 +431,31 @@ def test_caution_keeps_the_state_sharded_and_sums_each_leaf_across_devices():
     assert state_shardings.nu[name].is_equivalent_to(param.sharding, param.ndim), name
 
 
+def test_caution_inside_shard_map_keeps_each_shards_own_fraction():
+  # Inside shard_map the update sees only its shard: the fraction of kept coordinates is the
+  # shard's, as if each shard were a leaf of its own (README, Sharding).
+  mesh = jax.make_mesh((2,), ("x",), devices=jax.devices()[:2])
+  opt = rmsprop(0.05, momentum=0.9, caution=True)
+  rng = np.random.default_rng(9)
+  params = rng.normal(size=(8,)).astype(np.float32)
+  first, second = (rng.normal(size=(8,)).astype(np.float32) for _ in range(2))
+  # The second gradient turns against the buffer on 3 of the first shard's 4 coordinates and
+  # on 1 of the second's: fractions 1/4 and 3/4, where the whole leaf's would be 1/2.
+  second = np.abs(second) * np.sign(first) * np.asarray([-1, -1, -1, 1, -1, 1, 1, 1], np.float32)
+
+  def two_steps(p, g1, g2):
+    state = opt.init(p)
+    _, state = opt.update(g1, state, p)
+    return opt.update(g2, state, p)[0]
+
+  placed = [jax.device_put(x, NamedSharding(mesh, P("x"))) for x in (params, first, second)]
+  sharded = jax.jit(jax.shard_map(two_steps, mesh=mesh, in_specs=P("x"), out_specs=P("x")))(*placed)
+  per_shard = np.concatenate([two_steps(params[i:i + 4], first[i:i + 4], second[i:i + 4]) for i in (0, 4)])
+  whole = two_steps(params, first, second)
+  np.testing.assert_allclose(sharded, per_shard, rtol=1e-6)
+  assert not np.allclose(sharded, whole, rtol=1e-3)
+
+
 def _assert_close_per_dtype(actual, expected, what):
   """Float32 leaves to 1e-6 relative; bfloat16 state to one bfloat16 ulp."""
   for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
