@@ -165,7 +165,6 @@ class _Hyper(NamedTuple):
   lr: Any
   neg_lr: Any
   momentum: Any
-  neg_momentum: Any
   weight_decay: Any
   inv_correction: Any
 
@@ -195,13 +194,9 @@ class _Hyper(NamedTuple):
       # no other step.
       tiny = np.asarray(jnp.finfo(dtype).tiny, dtype)[()]
       eps = np.maximum(eps, tiny) if isinstance(eps, np.generic) else jnp.maximum(eps, tiny)
-    # The negations are taken in `dtype`: taken first, an unsigned integer learning rate or
-    # momentum (a uint8 array, say) would wrap around to a huge positive number.
-    return converted._replace(
-        eps=eps,
-        neg_lr=None if converted.lr is None else -converted.lr,
-        neg_momentum=None if converted.momentum is None else -converted.momentum,
-    )
+    # -lr is taken in `dtype`: taken first, an unsigned integer learning rate (a uint8
+    # array, say) would wrap around to a huge positive number.
+    return converted._replace(eps=eps, neg_lr=None if converted.lr is None else -converted.lr)
 
 
 def _leaf_mask(fn: str, mask: Any, updates: Any, params: Any) -> list[Any]:
@@ -271,7 +266,8 @@ def _cautious(step: jax.Array, g: jax.Array, momentum: Any) -> jax.Array:
   leans with the gradient wherever it is nonzero, and caution would only scale the step up
   by the fraction of zero gradients.
   """
-  if isinstance(momentum, (np.generic, float, int)) and not momentum > 0:
+  fixed = isinstance(momentum, (np.generic, float, int))  # else an array, decided in the step
+  if fixed and not momentum > 0:
     return step
   rdt = jnp.finfo(step.dtype).dtype
   if jnp.iscomplexobj(step):
@@ -281,7 +277,7 @@ def _cautious(step: jax.Array, g: jax.Array, momentum: Any) -> jax.Array:
   kept = _cast(lax.gt(agreement, np.zeros((), rdt)[()]), rdt)
   fraction = lax.div(jnp.sum(kept), np.asarray(max(kept.size, 1), rdt)[()])
   scale = lax.div(kept, lax.max(fraction, np.asarray(1e-3, rdt)[()]))
-  if not isinstance(momentum, (np.generic, float, int)):  # an array: decided in the step
+  if not fixed:
     scale = lax.select(lax.gt(momentum, np.zeros((), rdt)[()]), scale, lax.full_like(scale, 1))
   return lax.mul(step, _cast(scale, step.dtype))
 
@@ -362,6 +358,11 @@ def _fixed(value: Any) -> tuple:
   return type(value), value
 
 
+def _in_a_trace(leaves: list) -> bool:
+  """Whether any of `leaves` is a tracer: the caller runs inside jit, vmap, grad or the like."""
+  return any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+
+
 def _staged(fn: Callable, name: str, structure: _Config) -> Callable:
   """`fn`, traced and lowered once per signature inside a trace instead of once per call.
 
@@ -397,7 +398,7 @@ def _staged(fn: Callable, name: str, structure: _Config) -> Callable:
 
   def call(*args):
     leaves, treedef = jax.tree.flatten(args)
-    if not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+    if not _in_a_trace(leaves):
       return fn(*args)
     is_array = [isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves]
     entries = tuple(_ARRAY if array else _fixed(leaf) for leaf, array in zip(leaves, is_array))
@@ -423,7 +424,7 @@ def _for_recomputing(buffers: list) -> list:
   eagerly runs operation by operation, so there is nothing for XLA to merge, and one barrier
   over every leaf would be one computation, which fails for leaves on different devices.
   """
-  if not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(buffers)):
+  if not _in_a_trace(jax.tree.leaves(buffers)):
     return buffers
   return lax.platform_dependent(buffers, cpu=lax.optimization_barrier, default=lambda same: same)
 
@@ -537,27 +538,16 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       # which saves a negation per leaf.
       step = lax.mul(c.neg_lr, u)
     else:
-      # The step is -(lr * (momentum * buf + u)) or -(momentum * buf + lr * u), with lr
-      # folded into the buffer. The sign is flipped by multiplying by -lr or -momentum where
-      # one multiplies last, one negation fewer: the same values, since rounding is
-      # symmetric (only a sum that cancels to exactly 0 comes out +0 rather than -0).
       step = buf_new
-      negated = False
       if leaf_config.nesterov:
         if again is not None:
           u = _precondition(leaf_config, g_step, *again, r, c, jnp.finfo(u.dtype).dtype)
-        if not leaf_config.lr_in_momentum:
-          step = lax.add(u, lax.mul(c.momentum, step))
-        elif leaf_config.caution:  # caution reads the step's sign: negated after it
-          step = lax.add(lax.mul(c.lr, u), lax.mul(c.momentum, step))
-        else:
-          step, negated = lax.add(lax.mul(c.neg_lr, u), lax.mul(c.neg_momentum, step)), True
+        step = lax.add(lax.mul(c.lr, u) if leaf_config.lr_in_momentum else u, lax.mul(c.momentum, step))
       if leaf_config.caution:
         step = _cautious(step, g_step, r.momentum)
-      if not leaf_config.lr_in_momentum:
-        step, negated = lax.mul(c.neg_lr, step), True
-      if not negated:
-        step = lax.neg(step)
+      # With the learning rate outside the buffer, multiplying by -lr flips the sign as well
+      # (exactly, as above); with it inside, the step is negated.
+      step = lax.neg(step) if leaf_config.lr_in_momentum else lax.mul(c.neg_lr, step)
     decay = leaf_weight_decay(flag, c, u.dtype) if decouple_decay else None
     if decay is not None:
       # Added after the sign flip, as (-lr * weight_decay) * p.
@@ -668,9 +658,8 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
       inv_correction = 1.0 / -jnp.expm1(log_product)
     hyper = _Hyper(
         decay=decay, one_minus_decay=one_minus_decay, eps=_at(config, "eps", count), lr=lr,
-        neg_lr=None,  # -lr and -momentum: taken by in_dtype, after the conversion
+        neg_lr=None,  # -lr: taken by in_dtype, after the conversion
         momentum=_at(config, "momentum", count) if use_momentum else None,
-        neg_momentum=None,
         weight_decay=_at(config, "weight_decay", count) if use_weight_decay else None,
         inv_correction=inv_correction,
     )
