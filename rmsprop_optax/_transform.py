@@ -630,7 +630,9 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
         "weight_decay" if use_weight_decay else None,
         state.trace if use_momentum else state.mu,
     )
-    count = state.count
+    # A count set by hand, with tree_set(state, count=100), may be a Python int: an array
+    # from here on, as every reader of the count (the rounding's bit stream too) needs one.
+    count = None if state.count is None else jnp.asarray(state.count)
     new_count = increment(count) if counts else None
     decay = _at(config, "decay", count)
     # With a Python decay, 1 - decay is taken in double precision before rounding, so a decay

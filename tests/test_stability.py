@@ -454,3 +454,21 @@ def test_tree_set_of_the_count_to_resume_a_run_keeps_the_update_working(use_jit)
     expected = reference.step(expected, problem.grads(expected, t))
   assert int(state.count) == int(state.inner_state.count) == 100 + problem.steps
   helpers.assert_close_to_scale(params, expected, rtol=2e-5, what="count set by tree_set")
+
+
+def test_a_count_set_as_a_python_int_works_outside_jit_with_stochastic_rounding():
+  # The rounding draws its bits from the count. A count set by hand as a Python int (the
+  # README's tree_set(state, count=100)) must give, outside jit, the bits an int32 100 gives.
+  params = [jnp.linspace(-1.0, 1.0, 64, dtype=jnp.float32)]
+  grads = [jnp.cos(jnp.arange(64, dtype=jnp.float32))]
+  opt = optax.inject_hyperparams(rmsprop)(learning_rate=0.1, nu_dtype="bfloat16", stochastic_rounding=True)
+  results = []
+  for count in (100, jnp.int32(100)):
+    state = optax.tree_utils.tree_set(opt.init(params), count=count)
+    for _ in range(2):
+      updates, state = opt.update(grads, state, params)
+    results.append((updates, state.inner_state.nu, state.inner_state.count))
+  (u_int, nu_int, c_int), (u_arr, nu_arr, c_arr) = results
+  assert int(c_int) == int(c_arr) == 102
+  np.testing.assert_array_equal(np.asarray(nu_int[0], np.float32), np.asarray(nu_arr[0], np.float32))
+  np.testing.assert_array_equal(np.asarray(u_int[0]), np.asarray(u_arr[0]))
