@@ -6,6 +6,7 @@ under `jit`): those cannot be inspected and pass through. Only concrete numbers 
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -77,10 +78,33 @@ def _is_real_array(value: Any) -> bool:
   return jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
 
 
+def takes_no_argument(value: Any) -> bool:
+  """Whether `value` is a callable that can be called with no argument and not with one."""
+  try:
+    signature = inspect.signature(value)
+  except (TypeError, ValueError):  # a builtin without a signature: taken as a schedule
+    return False
+
+  def binds(*args):
+    try:
+      signature.bind(*args)
+    except TypeError:
+      return False
+    return True
+
+  return binds() and not binds(0)
+
+
 def check_number(fn: str, name: str, value: Any, *, schedulable: bool = True) -> None:
   """Checks that `value` is a number, a real scalar array (traced or not) or, if
   `schedulable`, a callable of the step count; raises naming the argument otherwise."""
   if schedulable and callable(value):
+    if takes_no_argument(value):
+      raise TypeError(
+          f"{fn}: `{name}` is a callable that takes no argument, but a schedule is called "
+          f"with the step count (0 on the first update). Write it as a function of the count, "
+          f"such as lambda count: {_EXAMPLES.get(name, '0.1')}, or pass the number itself."
+      )
     return
   numeric = _is_real_array(value)
   allowed = "a number, a scalar array or a schedule (a callable of the step count)"
@@ -132,13 +156,27 @@ def check_schedule_output(fn: str, name: str, value: Any) -> None:
   )
 
 
-def check_flag(fn: str, name: str, value: Any) -> None:
-  """Checks that a structural option is a Python (or NumPy) bool: it chooses what is computed."""
+def check_flag(fn: str, name: str, value: Any, *, inert: str | None = None, none_allowed: bool = False) -> None:
+  """Checks that an option is a Python (or NumPy) bool (or None, where `none_allowed`).
+
+  A structural option chooses what is computed. An `inert` one is a framework's argument
+  that changes nothing here, kept so that the framework's call runs unchanged; `inert` says
+  what it chooses there, for the message.
+  """
+  if value is None and none_allowed:
+    return
   if not isinstance(value, (bool, np.bool_)):
+    allowed = "True, False or None" if none_allowed else "True or False"
+    why = (
+        f"It chooses {inert}, which changes nothing here (it is accepted so that the "
+        "framework's call runs unchanged)"
+        if inert is not None
+        else "It selects what the update computes, so it cannot be a string, a number or an array"
+    )
     raise TypeError(
-        f"{fn}: `{name}` must be True or False, but got {name}={value!r} (of type "
-        f"{type(value).__name__}). It selects what the update computes, so it cannot be a "
-        f"string, a number or an array: pass {name}=True or {name}=False."
+        f"{fn}: `{name}` must be {allowed}, but got {name}={value!r} (of type "
+        f"{type(value).__name__}). {why}: pass {name}=True or {name}=False"
+        + (", or leave it out." if inert is not None or none_allowed else ".")
     )
 
 
@@ -314,7 +352,7 @@ def check_state(fn: str, state: Any, state_type: type, expected: dict[str, bool]
   if not isinstance(state, state_type):
     raise TypeError(
         f"{fn}.update: the state must be the {state_type.__name__} returned by this "
-        f"optimizer's init, but got a {type(state).__name__}. Pass the state that init (or the "
+        f"optimizer's init, but got one of type {type(state).__name__}. Pass the state that init (or the "
         "previous update) returned; restore a checkpoint with that state as its target, so "
         "that it comes back as the same type."
     )

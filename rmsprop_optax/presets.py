@@ -17,7 +17,6 @@ that a run may raise later.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -31,7 +30,7 @@ from rmsprop_optax._state import RMSPropState
 from rmsprop_optax._transform import ScalarOrSchedule, _abs_sq, _as_array, _compute_dtype
 from rmsprop_optax._validation import (
     check_flag, check_int, check_nonnegative, check_number, concrete_number, is_static_number,
-    is_static_zero, path_at, real_part,
+    is_static_zero, path_at, real_part, takes_no_argument,
 )
 
 __all__ = ["keras", "optax", "pytorch", "tf1", "timm_tf"]
@@ -130,10 +129,9 @@ def pytorch(
   not what it computes, and change nothing here.
   """
   fn = "presets.pytorch"
-  check_flag(fn, "capturable", capturable)
-  if foreach is not None:
-    check_flag(fn, "foreach", foreach)
-  check_flag(fn, "differentiable", differentiable)
+  check_flag(fn, "capturable", capturable, inert="whether PyTorch's step can be captured in a CUDA graph")
+  check_flag(fn, "foreach", foreach, inert="whether PyTorch steps every tensor in one multi-tensor kernel", none_allowed=True)
+  check_flag(fn, "differentiable", differentiable, inert="whether autograd can run through PyTorch's step")
   inner = make(
       "presets.pytorch", {"learning_rate": "lr", "decay": "alpha"}, lr, alpha, eps,
       eps_in_sqrt=False, initial_scale=0.0, centered=centered,
@@ -141,23 +139,6 @@ def pytorch(
       decoupled_weight_decay=False, maximize=maximize,
   )
   return _complex_as_real(inner)
-
-
-def _takes_no_argument(value: Any) -> bool:
-  """Whether `value` is a callable that can be called with no argument and not with one."""
-  try:
-    signature = inspect.signature(value)
-  except (TypeError, ValueError):  # a builtin without a signature: taken as a schedule
-    return False
-
-  def binds(*args):
-    try:
-      signature.bind(*args)
-    except TypeError:
-      return False
-    return True
-
-  return binds() and not binds(0)
 
 
 def keras(
@@ -234,7 +215,7 @@ def keras(
           f"gradient_accumulation_steps={steps!r}. Pass the number of micro-batches to "
           "average per step, or None to step on every gradient."
       )
-  if callable(learning_rate) and _takes_no_argument(learning_rate):
+  if callable(learning_rate) and takes_no_argument(learning_rate):
     current = learning_rate
     learning_rate = lambda count: current()  # noqa: E731
   if steps is not None:
@@ -333,7 +314,7 @@ def _keras_accumulation(opt: _optax.GradientTransformationExtraArgs, steps: Any)
     if not isinstance(state, _optax.MultiStepsState):
       raise TypeError(
           f"{fn}.update: with gradient_accumulation_steps the state is the "
-          f"optax.MultiStepsState this optimizer's init returns, but got a "
+          f"optax.MultiStepsState this optimizer's init returns, but got one of type "
           f"{type(state).__name__}. Pass the state from init (a checkpoint of a run without "
           "accumulation holds its RMSPropState alone: restore it as that state's "
           "inner_opt_state)."
@@ -487,7 +468,7 @@ def tf1(
   change nothing here: a JAX update has no shared variables to lock.
   """
   fn = "presets.tf1"
-  check_flag(fn, "use_locking", use_locking)
+  check_flag(fn, "use_locking", use_locking, inert="whether TF1 locks its variables while it updates them")
   _check_name(fn, name, "RMSProp")
   return make(
       "presets.tf1", {"eps": "epsilon"}, _tf_float32("learning_rate", learning_rate),

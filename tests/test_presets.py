@@ -295,7 +295,7 @@ def test_keras_preset_refuses_what_it_cannot_do_and_keras_refuses():
   with pytest.raises(TypeError, match=re.escape("the param at ['z'] is complex")):
     opt.init({"w": jnp.ones(2), "z": jnp.ones(2, jnp.complex64)})
   params = {"w": jnp.ones(2)}
-  with pytest.raises(TypeError, match="the state is the optax.MultiStepsState this optimizer's init returns, but got a RMSPropState"):
+  with pytest.raises(TypeError, match="the state is the optax.MultiStepsState this optimizer's init returns, but got one of type RMSPropState"):
     opt.update(params, presets.keras().init(params), params)
   # The sum of integer gradients is not divided into floats behind the update's check.
   with pytest.raises(TypeError, match=re.escape("the gradient at ['w'] has dtype int32")):

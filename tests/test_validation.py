@@ -428,6 +428,32 @@ def test_a_schedule_that_returns_none_is_rejected_not_followed_uphill():
       opt.update(params, opt.init(params), params)
 
 
+@pytest.mark.parametrize("name", ["learning_rate", "decay", "eps", "momentum", "weight_decay"])
+def test_a_schedule_that_takes_no_step_count_is_refused_when_built(name):
+  # Called with the count at the first update, it would fail there with Python's bare
+  # "takes 0 positional arguments"; presets.keras alone takes such a callable, as Keras does.
+  kwargs = {"learning_rate": 0.1, name: lambda: 0.5}
+  with pytest.raises(TypeError, match=rf"`{name}` is a callable that takes no argument, but a schedule is called with the step count.*lambda count:"):
+    rmsprop(**kwargs)
+  with pytest.raises(TypeError, match=r"presets.pytorch: `lr` is a callable that takes no argument"):
+    presets.pytorch(lr=lambda: 0.1)
+  rmsprop(**{"learning_rate": 0.1, name: lambda count, *rest: 0.5})  # a schedule with extras
+
+
+@pytest.mark.parametrize(
+    "make,flag,none_allowed",
+    [(presets.pytorch, "foreach", True), (presets.pytorch, "capturable", False),
+     (presets.pytorch, "differentiable", False), (lambda **kw: presets.tf1(0.1, **kw), "use_locking", False)],
+)
+def test_a_frameworks_inert_flag_says_it_changes_nothing(make, flag, none_allowed):
+  allowed = "True, False or None" if none_allowed else "True or False"
+  with pytest.raises(TypeError, match=rf"`{flag}` must be {allowed}, but got {flag}='yes'.*which changes nothing here"):
+    make(**{flag: "yes"})
+  make(**{flag: True})
+  if none_allowed:
+    make(**{flag: None})
+
+
 @pytest.mark.parametrize("flag", ["centered", "nesterov", "bias_correction", "maximize", "eps_in_sqrt", "caution"])
 def test_structural_options_must_be_booleans(flag):
   with pytest.raises(TypeError, match=rf"`{flag}` must be True or False, but got {flag}='yes'"):
@@ -489,7 +515,7 @@ def test_a_state_of_another_type_is_rejected_with_the_fix():
   params = {"w": jnp.ones(3, jnp.float32)}
   opt = rmsprop(0.1)
   for wrong in [(opt.init(params),), opt.init(params)._asdict()]:
-    with pytest.raises(TypeError, match=r"the state must be the RMSPropState returned by this optimizer's init, but got a (tuple|dict)"):
+    with pytest.raises(TypeError, match=r"the state must be the RMSPropState returned by this optimizer's init, but got one of type (tuple|dict)"):
       opt.update(params, wrong, params)
 
 
