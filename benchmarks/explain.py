@@ -87,7 +87,7 @@ def kernel_times(contender, steps: int) -> dict[str, float]:
 def explain(config_name: str, size: int, leaves: int, steps: int) -> str:
   config = contenders.CONFIGS[config_name]
   problem = contenders.Problem.make(size, leaves)
-  grads = contenders.jax_tree(problem.grads)
+  grads = contenders.jax_grads(problem)
   lines = [f"{config_name}, {size:.0e} parameters in {leaves} leaves, {steps} profiled steps", ""]
   lines += ["| contender | kernel | B/param read | B/param written | ms/step | GB/s |", "| --- " * 6 + "|"]
   for name in ("ours", "optax", "floor"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import resource
 import time
 import warnings
 from typing import Any, Callable
@@ -88,6 +89,42 @@ def _status_kib(field: str) -> int | None:
   except OSError:
     pass
   return None
+
+
+def faults_per_step(contender, steps: int = 3) -> float:
+  """Minor page faults per step: the first write to each 4 KiB page the allocator has just
+  mapped faults once, so this counts the fresh memory a step touches. glibc maps every
+  allocation above 32 MiB anew and unmaps it when freed, so a temporary that large costs
+  its size over 4 KiB in faults at every step, on top of its bytes."""
+  contender.sync()
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(steps):
+    contender.step()
+  contender.sync()
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
+
+
+def all_finite(contender) -> bool:
+  """Whether every parameter and state value of `contender` is finite (its last step's)."""
+  contender.sync()
+  torch = getattr(contender, "torch", None)
+  if torch is not None:
+    tensors = list(contender.params) + [
+        t for s in contender.opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)
+    ]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+  leaves = jax.tree.leaves((contender.params, contender.state))
+  return all(bool(jax.numpy.isfinite(x).all()) for x in leaves if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact))
+
+
+def step_disagreement(a, b, start: list[np.ndarray]) -> float:
+  """How far two contenders' moves from `start` differ, over the largest move: 0 where they
+  computed the same steps, about 1e-6 where they did in another order."""
+  moved = [np.asarray(x, np.float64) - p for x, p in zip(jax.tree.leaves(a.params), start)]
+  other = [np.asarray(x, np.float64) - p for x, p in zip(jax.tree.leaves(b.params), start)]
+  largest = max(float(np.max(np.abs(m), initial=0.0)) for m in moved)
+  differ = max(float(np.max(np.abs(m - o), initial=0.0)) for m, o in zip(moved, other))
+  return differ / largest if largest > 0 else differ
 
 
 def step_peak_growth(contender) -> int | None:

@@ -17,7 +17,7 @@ import statistics
 import jax.numpy as jnp
 
 import rmsprop_optax
-from contenders import DECAY, EPS, LEARNING_RATE, Problem, jax_tree, make_jax
+from contenders import DECAY, EPS, LEARNING_RATE, Problem, jax_grads, make_jax
 from measure import interleaved, median_ratio, warm_up
 
 STATES = {
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
   parser.add_argument("--sample-seconds", type=float, default=0.2)
   args = parser.parse_args(argv)
   problem = Problem.make(int(args.size), leaves=1)
-  grads = jax_tree(problem.grads)
+  grads = jax_grads(problem)
   contenders = {}
   for name, flags in STATES.items():
     contenders[name] = make_jax(rmsprop_optax.rmsprop(LEARNING_RATE, DECAY, EPS, **flags), problem, grads)

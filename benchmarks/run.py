@@ -151,21 +151,24 @@ def contender_names(config_name: str, leaves: int, use_torch: bool) -> list[str]
   return names
 
 
-def step_cell(config, total: int, leaves: int, args, *, optax_first: bool = False) -> dict:
+def step_cell(config, total: int, leaves: int, args, *, optax_first: bool = False, seed: int = 0) -> dict:
   """Times every contender on one (configuration, size, leaves) cell.
 
   `optax_first` compiles Optax's step before ours (cells alternate, so that neither
-  library's compile time always pays for what the other's leaves warm).
+  library's compile time always pays for what the other's leaves warm). `seed` draws the
+  rounds' orders: one per cell, so that no position in the order lines up across cells.
   """
   problem = contenders.Problem.make(total, leaves)
-  grads = contenders.jax_tree(problem.grads)
+  grads = contenders.jax_grads(problem)
   names = contender_names(config.name, leaves, not args.no_torch)
   built = {name: contenders.build(name, config, problem, grads) for name in names}
   row = {"config": config.name, "size": total, "leaves": leaves, "param_bytes": problem.param_bytes}
   order = sorted(built, key=lambda n: (n != "optax", n != "ours") if optax_first else (n != "ours", n != "optax"))
   row["donated"] = {name: measure.warm_up(built[name])["donated"] for name in order}
+  # Same steps from the same start (the warm-up's two): the contenders time the same work.
+  row["ours_vs_optax_disagreement"] = measure.step_disagreement(built["ours"], built["optax"], problem.params)
   row["compile"] = {name: built[name].compile_times for name in ("ours", "optax")}
-  samples = measure.interleaved(built, args.repeats, args.sample_seconds, min_seconds=args.min_cell_seconds)
+  samples = measure.interleaved(built, args.repeats, args.sample_seconds, seed=seed, min_seconds=args.min_cell_seconds)
   row["rounds"] = len(samples["ours"])
   row["seconds"] = {name: float(np.median(s)) for name, s in samples.items()}
   row["samples"] = samples
@@ -180,6 +183,8 @@ def step_cell(config, total: int, leaves: int, args, *, optax_first: bool = Fals
   if "ours_f32_state" in built:
     row["ratios"]["ours/ours_f32_state"] = ratio("ours", "ours_f32_state")
   row["state_bytes"] = {name: c.state_bytes for name, c in built.items()}
+  row["finite"] = {name: measure.all_finite(c) for name, c in built.items()}
+  row["faults_per_step"] = {name: measure.faults_per_step(c) for name, c in built.items()}
   gc.collect()  # not inside the peak measurements: a collection takes long once torch is loaded
   row["step_peak_growth_bytes"] = {name: measure.step_peak_growth(c) for name, c in built.items()}
   row["xla"] = {name: c.buffer_bytes() for name, c in built.items() if name not in ("torch", "ours_split")}
@@ -195,7 +200,7 @@ def compile_cell(config, leaves: int, args, count: int) -> list[dict]:
   alternating order.
   """
   problem = contenders.Problem.make(max(args.compile_size, leaves), leaves)
-  grads = contenders.jax_tree(problem.grads)
+  grads = contenders.jax_grads(problem)
   pairs = []
   for r in range(count):
     times = {}
@@ -274,7 +279,8 @@ def main(argv=None) -> dict:
       for total in args.sizes:
         if total < leaves * args.min_leaf_size:
           continue  # a thousand leaves of ten parameters each is no model anyone trains
-        row = step_cell(config, total, leaves, args, optax_first=len(results["steps"]) % 2 == 1)
+        cell = len(results["steps"])
+        row = step_cell(config, total, leaves, args, optax_first=cell % 2 == 1, seed=cell)
         results["steps"].append(row)
         write(results, args.out, final=False)  # an interrupted run keeps what it measured
         log(

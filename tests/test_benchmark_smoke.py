@@ -34,6 +34,9 @@ def test_quick_benchmark_writes_its_report(run_module, tmp_path):
     assert all(ratio > 0 for ratio in row["ratios"].values())
     # The jitted steps really updated in place: a benchmark without donation would be unfair.
     assert all(row["donated"][name] is True for name in ("ours", "optax", "floor"))
+    # Every contender ends finite, and ours computed optax's steps: the timings compare the
+    # same work (a centered peer gone NaN on a degenerate gradient would not be).
+    assert all(row["finite"].values()), row["finite"]
   plain = next(row for row in results["steps"] if row["config"] == "plain")
   assert plain["donated"]["ours_undonated"] is False
   bf16 = next(row for row in results["steps"] if row["config"] == "bf16_nu")
@@ -46,6 +49,9 @@ def test_quick_benchmark_writes_its_report(run_module, tmp_path):
 
   # The bytes XLA's loops move were read for every step, so the per-byte ratio is defined.
   assert all(report.per_byte_vs_floor(row) > 0 for row in results["steps"])
+  for row in results["steps"]:
+    assert row["ours_vs_optax_disagreement"] <= report.disagreement_limit(row["config"]), row
+  assert "All cells pass." in text
 
 
 def test_blocking_experiment_runs_and_computes_the_plain_step(run_module):
