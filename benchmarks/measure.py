@@ -118,13 +118,18 @@ def all_finite(contender) -> bool:
 
 
 def step_disagreement(a, b, start: list[np.ndarray]) -> float:
-  """How far two contenders' moves from `start` differ, over the largest move: 0 where they
-  computed the same steps, about 1e-6 where they did in another order."""
-  moved = [np.asarray(x, np.float64) - p for x, p in zip(jax.tree.leaves(a.params), start)]
-  other = [np.asarray(x, np.float64) - p for x, p in zip(jax.tree.leaves(b.params), start)]
-  largest = max(float(np.max(np.abs(m), initial=0.0)) for m in moved)
-  differ = max(float(np.max(np.abs(m - o), initial=0.0)) for m, o in zip(moved, other))
-  return differ / largest if largest > 0 else differ
+  """How far two contenders' params differ, beyond two float32 spacings of the params (the
+  rounding of adding a step to them), over the largest move from `start`: 0 where they
+  computed the same steps, in any order. Compare after an odd number of steps: on the
+  alternating gradients two steps of a bias-corrected average cancel exactly."""
+  largest = excess = 0.0
+  for x, y, p in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), start):
+    x, y = np.asarray(x), np.asarray(y)
+    slack = 2 * np.spacing(np.maximum(np.abs(x), np.abs(y)).astype(np.float32)).astype(np.float64)
+    gap = np.abs(x.astype(np.float64) - y.astype(np.float64)) - slack
+    excess = max(excess, float(np.max(gap, initial=0.0)))
+    largest = max(largest, float(np.max(np.abs(x.astype(np.float64) - p), initial=0.0)))
+  return excess / largest if largest > 0 else excess
 
 
 def step_peak_growth(contender) -> int | None:

@@ -165,7 +165,9 @@ def step_cell(config, total: int, leaves: int, args, *, optax_first: bool = Fals
   row = {"config": config.name, "size": total, "leaves": leaves, "param_bytes": problem.param_bytes}
   order = sorted(built, key=lambda n: (n != "optax", n != "ours") if optax_first else (n != "ours", n != "optax"))
   row["donated"] = {name: measure.warm_up(built[name])["donated"] for name in order}
-  # Same steps from the same start (the warm-up's two): the contenders time the same work.
+  for contender in built.values():  # a third step: see step_disagreement
+    contender.step()
+  # Same steps from the same start: the contenders time the same work.
   row["ours_vs_optax_disagreement"] = measure.step_disagreement(built["ours"], built["optax"], problem.params)
   row["compile"] = {name: built[name].compile_times for name in ("ours", "optax")}
   samples = measure.interleaved(built, args.repeats, args.sample_seconds, seed=seed, min_seconds=args.min_cell_seconds)
