@@ -256,14 +256,14 @@ def jax_tree(leaves: list[np.ndarray]) -> dict:
   return {f"w{i:04d}": jnp.array(x) for i, x in enumerate(leaves)}
 
 
-def jax_grads(problem: "Problem") -> tuple[dict, dict]:
+def jax_grads(problem: Problem) -> tuple[dict, dict]:
   """The problem's gradients and their negation, device trees every JAX contender shares.
 
   Contenders step on the two in turn. On one fixed gradient a centered step's variance
   `v - m**2` falls to 0 within a few hundred steps, and Optax's and PyTorch's steps then take
   roots of rounding errors below 0: NaN, on which PyTorch's centered step ran 4.8 times
-  slower (1e6 parameters, 15 rounds; ours clamps the variance at 0). Alternating signs keeps the variance near `g**2`, and every state
-  and parameter bounded, as in training.
+  slower (1e6 parameters, 15 rounds; ours clamps the variance at 0). Alternating signs
+  keeps the variance near `g**2`, and every state and parameter bounded, as in training.
   """
   grads = jax_tree(problem.grads)
   return grads, jax.tree.map(jnp.negative, grads)

@@ -256,7 +256,6 @@ def test_zero_gradients_on_half_precision_params_give_finite_zero_updates(dtype,
         assert _finite(state)
 
 
-
 @pytest.mark.parametrize("eps_in_sqrt", [True, False], ids=["eps-inside", "eps-outside"])
 @pytest.mark.parametrize("source", ["eps-0", "injected-float16"])
 def test_a_zero_eps_steps_a_zero_gradient_on_a_zero_average_by_0_not_nan(source, eps_in_sqrt):
