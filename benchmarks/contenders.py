@@ -115,6 +115,12 @@ def split_sizes(total: int, leaves: int) -> list[int]:
   return [base + (i < extra) for i in range(leaves)]
 
 
+def distinct_sizes(leaves: int, smallest: int = 100) -> list[int]:
+  """`leaves` leaf sizes that all differ: smallest, smallest + 1, and so on, as a model whose
+  layers all differ in shape (1000 leaves: 100 to 1099 parameters, 599,500 in all)."""
+  return [smallest + i for i in range(leaves)]
+
+
 @dataclasses.dataclass
 class Problem:
   """Initial parameters and fixed gradients as NumPy float32 leaves, shared by all contenders."""
@@ -123,12 +129,22 @@ class Problem:
   grads: list[np.ndarray]
 
   @classmethod
-  def make(cls, total: int, leaves: int, seed: int = 0) -> Problem:
+  def of_sizes(cls, sizes: list[int], seed: int = 0) -> Problem:
+    """Leaves of the given sizes, params and gradients drawn from a standard normal."""
     rng = np.random.default_rng(seed)
-    sizes = split_sizes(total, leaves)
     params = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
     grads = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
     return cls(params, grads)
+
+  @classmethod
+  def make(cls, total: int, leaves: int, seed: int = 0) -> Problem:
+    """`total` parameters split into `leaves` leaves as equal as integers allow."""
+    return cls.of_sizes(split_sizes(total, leaves), seed)
+
+  @classmethod
+  def distinct(cls, leaves: int, seed: int = 0) -> Problem:
+    """A tree whose leaves all differ in shape (`distinct_sizes`)."""
+    return cls.of_sizes(distinct_sizes(leaves), seed)
 
   @property
   def param_bytes(self) -> int:

@@ -80,6 +80,94 @@ def median_ratio(a: list[float], b: list[float]) -> float:
   return float(np.median(np.asarray(a) / np.asarray(b)))
 
 
+def ratio_interval(a: list[float], b: list[float], seed: int = 0, resamples: int = 2000) -> list[float]:
+  """A 95% bootstrap interval for `median_ratio(a, b)`: rounds resampled with replacement.
+
+  A round's two samples stay together, as the ratio is taken within a round. With the 7 to
+  28 rounds of a cell the interval is coarse (its ends are sample ratios), but it tells a
+  ratio of 1.12 that every round agrees on from one that two slow rounds made.
+  """
+  ratios = np.asarray(a) / np.asarray(b)
+  picks = np.random.default_rng(seed).integers(0, len(ratios), size=(resamples, len(ratios)))
+  medians = np.median(ratios[picks], axis=1)
+  return [float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))]
+
+
+def machine_ticks(proc_stat: str) -> tuple[int, int, int]:
+  """(busy, stolen, CPUs) from the text of /proc/stat: clock ticks since boot of the whole
+  (virtual) machine. Busy counts user, nice, system, irq and softirq time (guest time is in
+  user); stolen is time the hypervisor ran something else on this machine's CPUs."""
+  lines = proc_stat.splitlines()
+  fields = [int(x) for x in lines[0].split()[1:]]
+  fields += [0] * (8 - len(fields))
+  user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+  cpus = sum(1 for line in lines if re.match(r"cpu\d+ ", line))
+  return user + nice + system + irq + softirq, steal, cpus
+
+
+def process_ticks(proc_pid_stat: str) -> int:
+  """Clock ticks a process (every thread) has run in user and system mode, from the text of
+  /proc/<pid>/stat: its 14th and 15th fields, counted after the command name, which is in
+  parentheses and may itself hold spaces."""
+  fields = proc_pid_stat.rsplit(")", 1)[1].split()
+  return int(fields[11]) + int(fields[12])
+
+
+def _read(path: str) -> str | None:
+  try:
+    with open(path) as f:
+      return f.read()
+  except OSError:
+    return None
+
+
+class CpuShare:
+  """What else the machine ran while a measurement did (Linux only).
+
+  ``CpuShare()`` reads the counters; ``.since()`` returns, over the ``seconds`` since then,
+  the share of the machine's CPUs that other processes kept busy (``others``: 0 on a quiet
+  machine, 1 with every core taken) and the share the hypervisor took from them
+  (``stolen``), or None where /proc cannot be read. Our own threads are left out, so a
+  benchmark that keeps every core busy reads 0 on its own.
+  """
+
+  def __init__(self):
+    self.machine, self.own, self.wall = self._counters()
+
+  @staticmethod
+  def _counters():
+    machine, own = _read("/proc/stat"), _read("/proc/self/stat")
+    if machine is None or own is None:
+      return None, None, time.perf_counter()
+    return machine_ticks(machine), process_ticks(own), time.perf_counter()
+
+  def since(self) -> dict[str, float] | None:
+    now, own, wall = self._counters()
+    if self.machine is None or now is None:
+      return None
+    seconds = wall - self.wall
+    ticks = seconds * os.sysconf("SC_CLK_TCK") * max(now[2], 1)
+    if ticks <= 0:
+      return None
+    others = (now[0] - self.machine[0]) - (own - self.own)
+    return {
+        "others": round(min(max(others / ticks, 0.0), 1.0), 3),
+        "stolen": round(min(max((now[1] - self.machine[1]) / ticks, 0.0), 1.0), 3),
+        "seconds": round(seconds, 3),
+    }
+
+
+def cpu_features() -> list[str]:
+  """The vector instruction sets the CPU reports that bear on these kernels (x86 and Arm)."""
+  wanted = {"avx2": "AVX2", "avx512f": "AVX-512F", "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX-BF16",
+            "asimd": "NEON", "sve": "SVE", "bf16": "BF16"}
+  for line in (_read("/proc/cpuinfo") or "").splitlines():
+    if line.startswith(("flags", "Features")):
+      present = set(line.split(":", 1)[1].split())
+      return [name for flag, name in wanted.items() if flag in present]
+  return []
+
+
 def _status_kib(field: str) -> int | None:
   try:
     with open("/proc/self/status") as status:

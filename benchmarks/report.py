@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 LARGE = 10_000_000  # "at 1e7 parameters and above"
+BUSY = 0.1  # other processes' share of the CPUs above which a cell is reported as run beside other work
 
 
 def _over(reduce, values) -> float:
@@ -62,12 +63,15 @@ def summary(results: dict) -> dict:
       line["state ours/ours_f32_state"] = (
           rows[0]["state_bytes"]["ours"] / rows[0]["state_bytes"]["ours_f32_state"]
       )
-    compiled = [c for c in results["compile"] if c["config"] == config]
-    if compiled:
-      most = max(c["leaves"] for c in compiled)
-      line["compile leaves"] = most
-      line["compile ours/optax"] = _over(np.max, [c["ratio"] for c in compiled if c["leaves"] == most])
-      line["compile ours/optax cpu"] = _over(np.max, [c["ratio_cpu"] for c in compiled if c["leaves"] == most])
+    for shapes, suffix in (("equal", ""), ("distinct", " distinct")):
+      compiled = [c for c in results["compile"] if c["config"] == config and c.get("shapes", "equal") == shapes]
+      if compiled:
+        most = max(c["leaves"] for c in compiled)
+        line["compile leaves" + suffix] = most
+        line["compile ours/optax" + suffix] = _over(np.max, [c["ratio"] for c in compiled if c["leaves"] == most])
+        line["compile ours/optax cpu" + suffix] = _over(
+            np.max, [c["ratio_cpu"] for c in compiled if c["leaves"] == most]
+        )
     lines[config] = line
   return lines
 
@@ -114,7 +118,26 @@ def targets(results: dict) -> list[tuple[str, bool | None, str]]:
       {c: l["compile ours/optax"] for c, l in lines.items() if "compile ours/optax" in l},
       lambda v: v <= 1.0,
   )
+  distinct = {c: l["compile ours/optax distinct"] for c, l in lines.items() if "compile ours/optax distinct" in l}
+  if distinct:
+    check("compile time at the most leaves, every leaf a different shape, <= optax's (wall seconds)", distinct,
+          lambda v: v <= 1.0)
   return out
+
+
+def cells_above(results: dict, limit: float = 1.1) -> tuple[list[str], list[str]]:
+  """Cells whose ours/optax is above `limit` (bfloat16 state aside, as in the targets), and
+  those of them whose whole 95% bootstrap interval is above it too."""
+  above, surely = [], []
+  for row in results["steps"]:
+    ratio = row["ratios"].get("ours/optax")
+    if row["config"] == "bf16_nu" or ratio is None or ratio <= limit:
+      continue
+    cell = f"{row['config']} {_fmt_size(row['size'])} in {row['leaves']} ({ratio:.2f})"
+    above.append(cell)
+    if row.get("intervals", {}).get("ours/optax", [0.0])[0] > limit:
+      surely.append(cell)
+  return above, surely
 
 
 def disagreement_limit(config_name: str) -> float:
@@ -130,6 +153,14 @@ def _fmt_size(n: int) -> str:
   return f"{mantissa:g}e{exponent}"
 
 
+def _fmt_interval(interval) -> str:
+  return "-" if not interval else f"{interval[0]:.2f} to {interval[1]:.2f}"
+
+
+def _fmt_share(share) -> str:
+  return "-" if not share else f"{share['others']:.0%}"
+
+
 def _fmt(value, digits=2):
   if value is None or (isinstance(value, float) and np.isnan(value)):
     return "-"
@@ -139,8 +170,9 @@ def _fmt(value, digits=2):
 def markdown(results: dict) -> str:
   env = results["environment"]
   lines = ["# rmsprop-optax benchmark", ""]
+  features = ", ".join(env.get("cpu_features") or [])
   lines.append(
-      f"Machine: {env['machine']} ({env['platform']}). Date: {env['date']}. Python {env['python']}, "
+      f"Machine: {env['machine']}{' (' + features + ')' if features else ''} ({env['platform']}). Date: {env['date']}. Python {env['python']}, "
       f"jax {env['jax']}, jaxlib {env['jaxlib']}, optax {env['optax']}, torch {env.get('torch', '-')}, "
       f"numpy {env['numpy']}, rmsprop-optax {env['rmsprop_optax']}. JAX backend: {env['jax_backend']}"
       f"{', XLA_FLAGS ' + repr(env['xla_flags']) if env.get('xla_flags') else ''}, "
@@ -159,6 +191,11 @@ def markdown(results: dict) -> str:
   lines += ["", "## Targets", "", "| target | met | per configuration |", "| --- | --- | --- |"]
   for name, met, evidence in targets(results):
     lines.append(f"| {name} | {'-' if met is None else ('yes' if met else 'no')} | {evidence} |")
+  above, surely = cells_above(results)
+  if above:
+    lines += ["", f"Cells above 1.1 against optax: {len(above)} of {len(results['steps'])}, "
+              f"{len(surely)} of them with their whole 95% interval above 1.1"
+              + (f" ({'; '.join(surely)})" if surely else "") + f". All: {'; '.join(above)}."]
 
   lines += ["", "## Summary", ""]
   lines.append(
@@ -200,19 +237,25 @@ def markdown(results: dict) -> str:
       "a 4 KiB page just mapped: fresh memory a step touches (a temporary above glibc's 32 MiB "
       "mapping threshold is mapped anew at every step)."
   )
-  lines += ["", "| config | size | leaves | ours ms | GB/s | XLA B/param | ours/optax | ours/floor | torch/ours | "
-            + " | ".join(extra_keys) + (" | " if extra_keys else " ") + "faults/step |"]
-  lines.append("| --- " * (10 + len(extra_keys)) + "|")
+  lines.append(
+      "95%: a bootstrap interval of ours/optax (rounds resampled). Others' CPU: the share of the "
+      "machine's CPUs that other processes kept busy while the cell ran."
+  )
+  lines += ["", "| config | size | leaves | ours ms | GB/s | XLA B/param | ours/optax | 95% | ours/floor | torch/ours | "
+            + " | ".join(extra_keys) + (" | " if extra_keys else " ") + "faults/step | others' CPU |"]
+  lines.append("| --- " * (12 + len(extra_keys)) + "|")
   for row in results["steps"]:
     seconds = row["seconds"]["ours"]
     r = row["ratios"]
     cells = [
         row["config"], _fmt_size(row["size"]), str(row["leaves"]), _fmt(seconds * 1e3, 3),
         _fmt(min_bytes(row) / seconds / 1e9, 1), " / ".join(_fmt(b, 0) for b in xla_bytes_per_param(row)),
-        _fmt(r.get("ours/optax")), _fmt(r.get("ours/floor")), _fmt(r.get("torch/ours")),
+        _fmt(r.get("ours/optax")), _fmt_interval(row.get("intervals", {}).get("ours/optax")),
+        _fmt(r.get("ours/floor")), _fmt(r.get("torch/ours")),
     ] + [_fmt(r.get(k)) for k in extra_keys]
     faults = row.get("faults_per_step", {})
     cells.append(" / ".join(_fmt(faults.get(name), 0) for name in ("ours", "optax", "torch")))
+    cells.append(_fmt_share(row.get("cpu_share")))
     lines.append("| " + " | ".join(cells) + " |")
 
   if results["compile"]:
@@ -223,11 +266,16 @@ def markdown(results: dict) -> str:
         "over pairs, ratios are medians of within-pair ratios, of wall seconds and of process CPU "
         "seconds (which the load of a shared machine inflates less)."
     )
-    lines += ["", "| config | leaves | pairs | ours trace+lower s | ours XLA s | optax trace+lower s | "
-              "optax XLA s | ours/optax wall | ours/optax CPU |", "| --- " * 9 + "|"]
+    lines.append(
+        "Leaf shapes: equal, the total split into leaves of one or two shapes, so that a "
+        "signature traced once serves every leaf; distinct, every leaf a shape of its own "
+        "(100, 101, ... parameters), so that none is shared."
+    )
+    lines += ["", "| config | leaves | leaf shapes | pairs | ours trace+lower s | ours XLA s | optax trace+lower s | "
+              "optax XLA s | ours/optax wall | ours/optax CPU |", "| --- " * 10 + "|"]
     for row in results["compile"]:
       lines.append(
-          f"| {row['config']} | {row['leaves']} | {row['pairs']} | {_fmt(row['ours']['trace_lower_s'], 3)} | "
+          f"| {row['config']} | {row['leaves']} | {row.get('shapes', 'equal')} | {row['pairs']} | {_fmt(row['ours']['trace_lower_s'], 3)} | "
           f"{_fmt(row['ours']['compile_s'], 3)} | {_fmt(row['optax']['trace_lower_s'], 3)} | "
           f"{_fmt(row['optax']['compile_s'], 3)} | {_fmt(row['ratio'])} | {_fmt(row['ratio_cpu'])} |"
       )
@@ -275,6 +323,7 @@ def markdown(results: dict) -> str:
     disagreement = row.get("ours_vs_optax_disagreement")
     if disagreement is not None and disagreement > disagreement_limit(row["config"]):
       checks.append(f"- {cell}: ours and optax's first three steps differ by {disagreement:.1e} of the largest move.")
+  lines += _load_section(results)
   if any("finite" in r for r in results["steps"]):
     lines += ["", "## Checks", ""]
     lines.append(
@@ -285,6 +334,27 @@ def markdown(results: dict) -> str:
     )
     lines += [""] + (checks or ["All cells pass."])
   return "\n".join(lines) + "\n"
+
+
+def _load_section(results: dict) -> list[str]:
+  """What else ran on the machine: for the whole run, before it, and the busiest cells."""
+  env = results["environment"]
+  run, before = env.get("cpu_share"), env.get("cpu_share_before_start")
+  if not run:
+    return []
+  text = (
+      f"Other processes kept {run['others']:.0%} of the CPUs busy during the run"
+      + (f" ({before['others']:.0%} in the {before['seconds']:.0f} s before it)" if before else "")
+      + f", and the hypervisor took {run['stolen']:.0%} of them. "
+  )
+  busy = [r for r in results["steps"] if (r.get("cpu_share") or {}).get("others", 0.0) > BUSY]
+  if busy:
+    text += f"Cells that ran while others used more than {BUSY:.0%}: " + "; ".join(
+        f"{r['config']} {_fmt_size(r['size'])} in {r['leaves']} ({r['cpu_share']['others']:.0%})" for r in busy
+    ) + ". Their ratios are noisier than the rest's."
+  else:
+    text += f"No cell ran while others used more than {BUSY:.0%}."
+  return ["", "## Machine load", "", text]
 
 
 def plot(results: dict, path) -> None:

@@ -15,6 +15,11 @@ rounds of ratios taken within a round. Usage::
     python benchmarks/run.py                      # the full suite (about 26 minutes on 2 cores)
     python benchmarks/run.py --configs plain --sizes 1e6 1e7 --leaves 1
     python benchmarks/run.py --quick --out /tmp/b  # seconds: what the smoke test runs
+    python benchmarks/run.py --sizes 1e5 --leaves 1000 --compile-leaves 1000 --compile-distinct 1000
+
+Every cell also records a 95% bootstrap interval for each ratio and the share of the CPUs
+other processes used while it ran (a shared machine's load skews timings; the report lists
+the cells that ran beside other work).
 
 Results go to ``--out`` (default ``benchmarks/out``): results.json, results.md, results.png.
 """
@@ -55,6 +60,7 @@ DEFAULTS = dict(
     sample_seconds=0.04,
     min_cell_seconds=3.0,
     compile_leaves=[10, 100, 1000],
+    compile_distinct=[],
     compile_repeats=3,
     compile_size=100_000,
     min_leaf_size=100,
@@ -67,6 +73,7 @@ QUICK = dict(
     sample_seconds=0.0,
     min_cell_seconds=0.0,
     compile_leaves=[2],
+    compile_distinct=[3],
     compile_repeats=1,
     compile_size=1_000,
     min_leaf_size=1,
@@ -83,6 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--min-cell-seconds", type=float, help="add rounds (up to 4x) while a cell's timing is shorter (default 3)")
   parser.add_argument("--compile-leaves", type=int, nargs="*", help="leaf counts for compile times (default 10 100 1000; none to skip)")
   parser.add_argument("--compile-repeats", type=int, help="interleaved compilations per library (default 3)")
+  parser.add_argument(
+      "--compile-distinct", type=int, nargs="*",
+      help="leaf counts for compile times on trees whose leaves all differ in shape (default none)",
+  )
   parser.add_argument("--compile-size", type=int, help="total parameters of the compile-time trees (default 1e5)")
   parser.add_argument("--min-leaf-size", type=int, help="skip cells with fewer parameters per leaf (default 100)")
   parser.add_argument("--torch-threads", type=int, help="PyTorch's intra-op threads (default: the cores JAX keeps busy)")
@@ -121,6 +132,7 @@ def environment(torch_threads: int | None, jax_busy: float) -> dict:
       "date": datetime.date.today().isoformat(),
       "machine": f"{measure.cpu_name()}, {measure.cores()} cores, "
       f"{measure.memory_total_gib() or float('nan'):.0f} GiB",
+      "cpu_features": measure.cpu_features(),
       "platform": platform.platform(),
       "python": platform.python_version(),
       "jax": jax.__version__,
@@ -158,6 +170,7 @@ def step_cell(config, total: int, leaves: int, args, *, optax_first: bool = Fals
   library's compile time always pays for what the other's leaves warm). `seed` draws the
   rounds' orders: one per cell, so that no position in the order lines up across cells.
   """
+  load = measure.CpuShare()
   problem = contenders.Problem.make(total, leaves)
   grads = contenders.jax_grads(problem)
   names = contender_names(config.name, leaves, not args.no_torch)
@@ -174,16 +187,13 @@ def step_cell(config, total: int, leaves: int, args, *, optax_first: bool = Fals
   row["rounds"] = len(samples["ours"])
   row["seconds"] = {name: float(np.median(s)) for name, s in samples.items()}
   row["samples"] = samples
-  ratio = lambda a, b: measure.median_ratio(samples[a], samples[b])  # noqa: E731
-  row["ratios"] = {"ours/optax": ratio("ours", "optax"), "ours/floor": ratio("ours", "floor")}
-  if "torch" in built:
-    row["ratios"]["torch/ours"] = ratio("torch", "ours")
-  if "ours_undonated" in built:
-    row["ratios"]["undonated/ours"] = ratio("ours_undonated", "ours")
-  if "ours_split" in built:
-    row["ratios"]["split/ours"] = ratio("ours_split", "ours")
-  if "ours_f32_state" in built:
-    row["ratios"]["ours/ours_f32_state"] = ratio("ours", "ours_f32_state")
+  row["cpu_share"] = load.since()
+  pairs = {"ours/optax": ("ours", "optax"), "ours/floor": ("ours", "floor"), "torch/ours": ("torch", "ours"),
+           "undonated/ours": ("ours_undonated", "ours"), "split/ours": ("ours_split", "ours"),
+           "ours/ours_f32_state": ("ours", "ours_f32_state")}
+  pairs = {key: pair for key, pair in pairs.items() if set(pair) <= set(built)}
+  row["ratios"] = {key: measure.median_ratio(samples[a], samples[b]) for key, (a, b) in pairs.items()}
+  row["intervals"] = {key: measure.ratio_interval(samples[a], samples[b], seed) for key, (a, b) in pairs.items()}
   row["state_bytes"] = {name: c.state_bytes for name, c in built.items()}
   row["finite"] = {name: measure.all_finite(c) for name, c in built.items()}
   row["faults_per_step"] = {name: measure.faults_per_step(c) for name, c in built.items()}
@@ -195,13 +205,17 @@ def step_cell(config, total: int, leaves: int, args, *, optax_first: bool = Fals
   return row
 
 
-def compile_cell(config, leaves: int, args, count: int) -> list[dict]:
+def compile_cell(config, leaves: int, args, count: int, *, distinct: bool = False) -> list[dict]:
   """Compile times of our train step and Optax's on a small tree, `count` pairs.
 
   Each pair compiles freshly built steps (new Python functions: no cache can answer), in
-  alternating order.
+  alternating order. With `distinct`, every leaf has a shape of its own
+  (`contenders.Problem.distinct`), so that no two leaves' arithmetic can be traced once.
   """
-  problem = contenders.Problem.make(max(args.compile_size, leaves), leaves)
+  if distinct:
+    problem = contenders.Problem.distinct(leaves)
+  else:
+    problem = contenders.Problem.make(max(args.compile_size, leaves), leaves)
   grads = contenders.jax_grads(problem)
   pairs = []
   for r in range(count):
@@ -212,9 +226,11 @@ def compile_cell(config, leaves: int, args, count: int) -> list[dict]:
   return pairs
 
 
-def compile_row(config_name: str, leaves: int, pairs: list[dict], sizes: list[int]) -> dict:
-  """Medians over pairs; ratios are medians of the within-pair ratios."""
-  row = {"config": config_name, "leaves": leaves, "sizes": sizes, "pairs": len(pairs)}
+def compile_row(config_name: str, leaves: int, pairs: list[dict], sizes: list[int], shapes: str = "equal") -> dict:
+  """Medians over pairs; ratios are medians of the within-pair ratios. `shapes`: "equal"
+  where the tree splits its parameters into leaves of one or two shapes, "distinct" where
+  every leaf's shape differs."""
+  row = {"config": config_name, "leaves": leaves, "shapes": shapes, "sizes": sizes, "pairs": len(pairs)}
   for name in ("ours", "optax"):
     row[name] = {key: float(np.median([p[name][key] for p in pairs])) for key in pairs[0][name]}
   for key in ("total_s", "total_cpu_s"):
@@ -244,6 +260,13 @@ def merge(paths: list[pathlib.Path]) -> dict:
       "wall_seconds": sum(run.get("wall_seconds", 0.0) for run in runs),
   }
   merged["environment"]["load_average_at_end"] = runs[-1]["environment"].get("load_average_at_end")
+  shares = [run["environment"].get("cpu_share") for run in runs]
+  if all(shares):  # the runs' shares, weighted by their lengths
+    seconds = sum(share["seconds"] for share in shares)
+    merged["environment"]["cpu_share"] = {
+        key: round(sum(share[key] * share["seconds"] for share in shares) / seconds, 3)
+        for key in ("others", "stolen")
+    } | {"seconds": round(seconds, 3)}
   merged["merged_from"] = [
       {"file": str(p), "date": run["environment"]["date"], "source": run["environment"]["source"],
        "wall_seconds": run.get("wall_seconds")}
@@ -260,6 +283,7 @@ def main(argv=None) -> dict:
     print(f"merged {len(args.merge)} runs into {args.out / 'results.md'}", file=sys.stderr)
     return results
   start = time.perf_counter()
+  whole_run = measure.CpuShare()
 
   def log(message: str) -> None:
     print(f"[{time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
@@ -272,6 +296,12 @@ def main(argv=None) -> dict:
     torch_threads = args.torch_threads or jax_busy
     torch.set_num_threads(torch_threads)
   results = {"environment": environment(torch_threads, jax_busy), "steps": [], "compile": []}
+  before = measure.CpuShare()
+  time.sleep(0 if args.quick else 2.0)  # what else runs here, before we load the machine
+  results["environment"]["cpu_share_before_start"] = before.since()
+  busy = (results["environment"]["cpu_share_before_start"] or {}).get("others", 0.0)
+  if busy > report.BUSY:
+    log(f"other processes keep {busy:.0%} of the CPUs busy: timings will be noisier, and the report says so")
   results["arguments"] = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()}
   log(f"XLA runs an elementwise kernel on {jax_busy} thread(s); torch threads = {torch_threads}")
 
@@ -289,6 +319,14 @@ def main(argv=None) -> dict:
             f"{name:17s} n={total:<9.0e} leaves={leaves:<5d} ours {row['seconds']['ours'] * 1e3:8.3f} ms  "
             + "  ".join(f"{k} {v:.2f}" for k, v in row["ratios"].items())
         )
+  def log_compile(row: dict) -> None:
+    results["compile"].append(row)
+    log(
+        f"compile {row['config']:17s} leaves={row['leaves']:<5d} ({row['shapes']} shapes) "
+        f"ours {row['ours']['total_s']:.3f} s  optax {row['optax']['total_s']:.3f} s  "
+        f"ratio {row['ratio']:.2f} (cpu {row['ratio_cpu']:.2f})"
+    )
+
   # Compile times: every step cell above compiled our step and Optax's, one after the other,
   # on freshly built functions; leaf counts the grid lacks get dedicated pairs.
   for name in args.configs:
@@ -301,14 +339,13 @@ def main(argv=None) -> dict:
         count = args.compile_repeats - len(pairs)
         pairs += compile_cell(config, leaves, args, count)
         sizes += [max(args.compile_size, leaves)] * count
-      row = compile_row(name, leaves, pairs, sizes)
-      results["compile"].append(row)
-      log(
-          f"compile {name:17s} leaves={leaves:<5d} ours {row['ours']['total_s']:.3f} s  "
-          f"optax {row['optax']['total_s']:.3f} s  ratio {row['ratio']:.2f} (cpu {row['ratio_cpu']:.2f})"
-      )
+      log_compile(compile_row(name, leaves, pairs, sizes))
+    for leaves in args.compile_distinct:
+      pairs = compile_cell(config, leaves, args, args.compile_repeats, distinct=True)
+      log_compile(compile_row(name, leaves, pairs, [sum(contenders.distinct_sizes(leaves))] * len(pairs), "distinct"))
   results["wall_seconds"] = time.perf_counter() - start
   results["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+  results["environment"]["cpu_share"] = whole_run.since()
   write(results, args.out, final=True)
   log(f"wrote {args.out / 'results.md'} and results.png")
   return results
