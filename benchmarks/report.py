@@ -38,12 +38,18 @@ def per_byte_vs_floor(row: dict) -> float | None:
   return ratio * floor_bytes / ours_bytes
 
 
+def _state_ratio(row: dict, other: str) -> float:
+  """Our state's bytes over `other`'s in a step cell; NaN without one."""
+  return row["state_bytes"]["ours"] / row["state_bytes"][other] if row else float("nan")
+
+
 def summary(results: dict) -> dict:
   """One line of headline numbers per configuration."""
   lines = {}
-  configs = list(dict.fromkeys(row["config"] for row in results["steps"]))
+  configs = list(dict.fromkeys(row["config"] for row in results["steps"] + results["compile"]))
   for config in configs:
     rows = [r for r in results["steps"] if r["config"] == config]
+    first, largest = (rows[0], max(rows, key=lambda r: r["size"])) if rows else ({}, {})
     large = [r for r in rows if r["size"] >= LARGE]
     ratio = lambda rs, key: [r["ratios"].get(key) for r in rs]  # noqa: E731
     line = {
@@ -54,15 +60,13 @@ def summary(results: dict) -> dict:
         "ours/floor per byte large median": _over(np.median, [per_byte_vs_floor(r) for r in large]),
         "torch/ours large min": _over(np.min, ratio(large, "torch/ours")),
         "torch/ours large median": _over(np.median, ratio(large, "torch/ours")),
-        "state ours/optax": rows[0]["state_bytes"]["ours"] / rows[0]["state_bytes"]["optax"],
-        "XLA bytes ours/optax/floor": xla_bytes_per_param(max(rows, key=lambda r: r["size"])),
+        "state ours/optax": _state_ratio(first, "optax"),
+        "XLA bytes ours/optax/floor": xla_bytes_per_param(largest) if rows else [float("nan")] * 3,
     }
     if any("ours/ours_f32_state" in r["ratios"] for r in rows):
       line["ours/ours_f32_state large median"] = _over(np.median, ratio(large, "ours/ours_f32_state"))
       line["ours/ours_f32_state large max"] = _over(np.max, ratio(large, "ours/ours_f32_state"))
-      line["state ours/ours_f32_state"] = (
-          rows[0]["state_bytes"]["ours"] / rows[0]["state_bytes"]["ours_f32_state"]
-      )
+      line["state ours/ours_f32_state"] = _state_ratio(first, "ours_f32_state")
     for shapes, suffix in (("equal", ""), ("distinct", " distinct")):
       compiled = [c for c in results["compile"] if c["config"] == config and c.get("shapes", "equal") == shapes]
       if compiled:
@@ -389,8 +393,9 @@ def plot(results: dict, path) -> None:
     ax.set_xlabel("parameters")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-  axes[0, 0].legend(fontsize=7, title="config; leaves: " + ", ".join(f"{l} {s}" for l, s in styles.items()),
-                    title_fontsize=7)
+  if axes[0, 0].get_legend_handles_labels()[0]:  # a run of compile times only has no step lines
+    axes[0, 0].legend(fontsize=7, title="config; leaves: " + ", ".join(f"{l} {s}" for l, s in styles.items()),
+                      title_fontsize=7)
   ax = axes[1, 1]
   for config in configs:
     rows = sorted((c for c in results["compile"] if c["config"] == config), key=lambda c: c["leaves"])

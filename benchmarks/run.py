@@ -82,7 +82,7 @@ QUICK = dict(
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--sizes", type=float, nargs="+", help="total parameter counts (default 1e4 .. 4e7)")
+  parser.add_argument("--sizes", type=float, nargs="*", help="total parameter counts (default 1e4 .. 4e7; none: compile times only)")
   parser.add_argument("--leaves", type=int, nargs="+", help="leaf counts of the tree (default 1 100 1000)")
   parser.add_argument("--configs", nargs="+", choices=list(contenders.CONFIGS), help="configurations (default all)")
   parser.add_argument("--repeats", type=int, help="interleaved rounds per cell (default 7)")

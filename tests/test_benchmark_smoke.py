@@ -121,3 +121,12 @@ def test_process_ticks_agree_with_the_kernels_times(run_module):
     ticks = measure.process_ticks(stat.read())
   times = os.times()  # the same counters, through times(2), in seconds
   assert abs(ticks - (times.user + times.system) * os.sysconf("SC_CLK_TCK")) <= 2
+
+
+def test_a_run_of_compile_times_only_reports_them(run_module, tmp_path):
+  results = run_module.main(["--quick", "--sizes", "--compile-leaves", "--out", str(tmp_path)])
+
+  assert results["steps"] == [] and {row["shapes"] for row in results["compile"]} == {"distinct"}
+  text = (tmp_path / "results.md").read_text()
+  assert "every leaf a different shape, <= optax's (wall seconds) | " in text
+  assert "step time <= optax's: median ratio <= 1.0 | - | not measured in this run" in text
