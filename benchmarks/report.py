@@ -185,6 +185,12 @@ def markdown(results: dict) -> str:
       f"Package: {env['source']}. Load average (1, 5, 15 min) at start {env['load_average_at_start']}, "
       f"at end {env.get('load_average_at_end')}."
   )
+  if results.get("merged_from"):
+    lines.append(
+        f"Merged from {len(results['merged_from'])} runs (the machine line is the first's): "
+        + "; ".join(f"{run['date']}, {run['source']}, {run['wall_seconds'] or 0:.0f} s" for run in results["merged_from"])
+        + "."
+    )
   args = results.get("arguments", {})
   rounds = [r.get("rounds", args.get("repeats")) for r in results["steps"]]
   lines.append(

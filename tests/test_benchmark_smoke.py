@@ -69,6 +69,7 @@ def test_quick_benchmark_writes_its_report(run_module, tmp_path):
   assert len(merged["steps"]) == 2 * len(saved["steps"])
   assert merged["environment"]["cpu_share"] == {"others": (0.2 * 1 + 0.5 * 3) / 4, "stolen": 0.0, "seconds": 4.0}
   assert "## Machine load" in (tmp_path / "m" / "results.md").read_text()
+  assert "Merged from 2 runs" in (tmp_path / "m" / "results.md").read_text()
 
 
 def test_blocking_experiment_runs_and_computes_the_plain_step(run_module):
