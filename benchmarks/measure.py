@@ -121,6 +121,15 @@ def _read(path: str) -> str | None:
     return None
 
 
+def _field(path: str, *names: str) -> str | None:
+  """What follows the colon on the first line of a /proc file that starts with one of
+  `names` ("MemTotal", "model name", ...); None without such a line or file."""
+  for line in (_read(path) or "").splitlines():
+    if line.startswith(names) and ":" in line:
+      return line.split(":", 1)[1].strip()
+  return None
+
+
 class CpuShare:
   """What else the machine ran while a measurement did (Linux only).
 
@@ -161,22 +170,13 @@ def cpu_features() -> list[str]:
   """The vector instruction sets the CPU reports that bear on these kernels (x86 and Arm)."""
   wanted = {"avx2": "AVX2", "avx512f": "AVX-512F", "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX-BF16",
             "asimd": "NEON", "sve": "SVE", "bf16": "BF16"}
-  for line in (_read("/proc/cpuinfo") or "").splitlines():
-    if line.startswith(("flags", "Features")):
-      present = set(line.split(":", 1)[1].split())
-      return [name for flag, name in wanted.items() if flag in present]
-  return []
+  present = set((_field("/proc/cpuinfo", "flags", "Features") or "").split())
+  return [name for flag, name in wanted.items() if flag in present]
 
 
 def _status_kib(field: str) -> int | None:
-  try:
-    with open("/proc/self/status") as status:
-      for line in status:
-        if line.startswith(field + ":"):
-          return int(line.split()[1])
-  except OSError:
-    pass
-  return None
+  value = _field("/proc/self/status", field + ":")
+  return None if value is None else int(value.split()[0])
 
 
 def faults_per_step(contender, steps: int = 3) -> float:
@@ -258,28 +258,17 @@ def jax_threads(size: int = 4_000_000) -> int:
 
 
 def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as info:
-      for line in info:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
+  name = _field("/proc/cpuinfo", "model name")
+  if name:
+    return name
   import platform
 
   return platform.processor() or platform.machine()
 
 
 def memory_total_gib() -> float | None:
-  kib = None
-  try:
-    with open("/proc/meminfo") as info:
-      for line in info:
-        if line.startswith("MemTotal:"):
-          kib = int(line.split()[1])
-  except OSError:
-    return None
-  return None if kib is None else kib / 2**20
+  kib = _field("/proc/meminfo", "MemTotal:")
+  return None if kib is None else int(kib.split()[0]) / 2**20
 
 
 def cores() -> int:
