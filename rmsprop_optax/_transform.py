@@ -318,10 +318,19 @@ def _precondition(
       # where a clamp at 0 would give g / sqrt(eps).
       floor = lax.mul(nu_hat, np.asarray(2.0**-stored_bits, rdt)[()])
       variance = lax.max(lax.sub(nu_hat, mu_sq), floor)
+    elif config.eps_in_sqrt:
+      # The root of v - m^2 + eps, as Optax, Keras, TF1 and timm take it, wherever that is
+      # positive: a variance rounded a little below 0 but above -eps gives their finite step.
+      # Where it is not (their NaN, or inf at 0), the variance is taken as 0: the root of eps.
+      # A NaN average fails the comparison and stays NaN.
+      radicand = lax.add(lax.sub(nu_hat, mu_sq), r.eps)
+      radicand = jnp.where(lax.le(radicand, np.zeros((), rdt)[()]), r.eps, radicand)
+      return lax.mul(g, _cast(lax.rsqrt(radicand), cdt))
     else:
-      # Clamped at 0 as v - min(m^2, v), which is max(v - m^2, 0) bit for bit in one
-      # operation and one constant fewer: XLA's compile time grows with the operations in
-      # every leaf's loops, and a centered Nesterov step preconditions twice per leaf.
+      # Clamped at 0, where PyTorch's root of a negative number is NaN, as v - min(m^2, v),
+      # which is max(v - m^2, 0) bit for bit in one operation and one constant fewer: XLA's
+      # compile time grows with the operations in every leaf's loops, and a centered
+      # Nesterov step preconditions twice per leaf.
       variance = lax.sub(nu_hat, lax.min(mu_sq, nu_hat))
   if config.eps_in_sqrt:
     return lax.mul(g, _cast(lax.rsqrt(lax.add(variance, r.eps)), cdt))

@@ -154,8 +154,11 @@ class ReferenceRMSProp:
         v_hat = v_hat / (1 - self.decay_product)
         m_hat = None if m_hat is None else m_hat / (1 - self.decay_product)
       var = v_hat - (np.abs(m_hat) ** 2 if cfg.centered else 0.0)
-      var = np.maximum(var, 0.0)
-      u = g / np.sqrt(var + cfg.eps) if cfg.eps_in_sqrt else g / (np.sqrt(var) + cfg.eps)
+      if cfg.eps_in_sqrt:  # the root of var + eps where positive, else of eps (var taken as 0)
+        radicand = var + cfg.eps
+        u = g / np.sqrt(np.where(radicand > 0, radicand, cfg.eps))
+      else:
+        u = g / (np.sqrt(np.maximum(var, 0.0)) + cfg.eps)
       caution = cfg.caution and cfg.momentum is not None and cfg.momentum > 0  # as timm's
       if cfg.momentum is None:
         s = lr * u

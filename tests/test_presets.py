@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import helpers
-from rmsprop_optax import presets
+from rmsprop_optax import RMSPropState, presets
 
 STEPS = 100
 SHAPES = ((4, 3), (6,))
@@ -622,3 +622,80 @@ def test_pytorch_preset_inits_from_shape_dtype_structs_complex_ones_too():
   for buffer in (state.nu, state.trace):
     np.testing.assert_array_equal(buffer["z"], np.zeros((3, 2), np.float32))
     np.testing.assert_array_equal(buffer["w"], np.zeros(2, np.float32))
+
+
+# --- Centered, where v - m**2 rounds below zero -----------------------------------------------
+
+# One step of decay 0.5 from averages chosen so that every value is exact in float32, in
+# every framework's order of operations (m**2 too, so a fused multiply-add changes nothing):
+# after the step m = 1 + j 2**-8 and v = m**2 - k 2**-22. With eps = 1e-6 the variance
+# v - m**2 = -k 2**-22 lies in (-eps, 0] for k <= 4, where the frameworks' root of
+# v - m**2 + eps is finite, and below -eps for k = 5, 6, where it is NaN.
+_EDGE_DECAY, _EDGE_EPS, _EDGE_LR, _EDGE_G = 0.5, 1e-6, 0.01, 2.0**-4
+_EDGE_J, _EDGE_K = np.meshgrid(np.arange(8), np.arange(7), indexing="ij")
+_EDGE_M = 1 + _EDGE_J.ravel() * 2.0**-8
+_EDGE_V = _EDGE_M**2 - _EDGE_K.ravel() * 2.0**-22
+_EDGE_FINITE = _EDGE_K.ravel() * 2.0**-22 < _EDGE_EPS
+# The averages before the step, exact too: v = (v_new - (1 - decay) g**2) / decay.
+_EDGE_EXACT = ((_EDGE_M - (1 - _EDGE_DECAY) * _EDGE_G) / _EDGE_DECAY,
+               (_EDGE_V - (1 - _EDGE_DECAY) * _EDGE_G**2) / _EDGE_DECAY, _EDGE_M, _EDGE_M**2, _EDGE_V)
+_EDGE_MU0, _EDGE_NU0 = (x.astype(np.float32) for x in _EDGE_EXACT[:2])
+_EDGE_GRAD = np.full(_EDGE_M.shape, _EDGE_G, np.float32)
+
+
+def _edge_step_optax():
+  opt = optax_lib.rmsprop(_EDGE_LR, decay=_EDGE_DECAY, eps=_EDGE_EPS, centered=True)
+  inner, *rest = opt.init(jnp.zeros(_EDGE_M.shape))
+  state = (inner._replace(mu=jnp.asarray(_EDGE_MU0), nu=jnp.asarray(_EDGE_NU0)), *rest)
+  return np.asarray(opt.update(jnp.asarray(_EDGE_GRAD), state)[0])
+
+
+def _edge_step_keras():
+  import keras
+
+  variable = keras.Variable(np.zeros(_EDGE_M.shape, np.float32))
+  opt = keras.optimizers.RMSprop(learning_rate=_EDGE_LR, rho=_EDGE_DECAY, epsilon=_EDGE_EPS, centered=True)
+  opt.build([variable])
+  opt._velocities[0].assign(_EDGE_NU0)
+  opt._average_gradients[0].assign(_EDGE_MU0)
+  opt.apply_gradients([(keras.ops.convert_to_tensor(_EDGE_GRAD), variable)])
+  return np.asarray(variable.numpy())
+
+
+def _edge_step_timm():
+  param = torch.nn.Parameter(torch.zeros(_EDGE_M.shape))
+  opt = helpers.timm_rmsprop_tf()([param], lr=_EDGE_LR, alpha=_EDGE_DECAY, eps=_EDGE_EPS, centered=True)
+  # A state already there is used as it is (timm fills an empty one at the first step).
+  opt.state[param] = {"step": torch.tensor(0.0), "square_avg": torch.from_numpy(_EDGE_NU0.copy()),
+                      "grad_avg": torch.from_numpy(_EDGE_MU0.copy())}
+  param.grad = torch.from_numpy(_EDGE_GRAD)
+  opt.step()
+  return param.detach().numpy().copy()
+
+
+_EDGE_FRAMEWORKS = {
+    "optax": (_edge_step_optax, lambda: presets.optax(_EDGE_LR, decay=_EDGE_DECAY, eps=_EDGE_EPS, centered=True)),
+    "keras": (_edge_step_keras, lambda: presets.keras(_EDGE_LR, rho=_EDGE_DECAY, epsilon=_EDGE_EPS, centered=True)),
+    "timm_tf": (_edge_step_timm, lambda: presets.timm_tf(_EDGE_LR, alpha=_EDGE_DECAY, eps=_EDGE_EPS, centered=True)),
+}
+
+
+@pytest.mark.parametrize("framework", list(_EDGE_FRAMEWORKS))
+def test_centered_presets_take_the_frameworks_root_where_the_variance_rounds_a_little_below_zero(framework):
+  # A state taken over from the framework (a converted checkpoint) steps as the framework
+  # does where its root is finite, and by the root of eps (the variance taken as 0) where its
+  # root is of a negative number.
+  for exact in _EDGE_EXACT:
+    assert (exact.astype(np.float32) == exact).all(), "a value that float32 rounds"
+  framework_step, preset = _EDGE_FRAMEWORKS[framework]
+  with helpers.standard_promotion():
+    expected = framework_step()
+  opt = preset()
+  state = jax.tree.map(
+      lambda s: s._replace(nu=jnp.asarray(_EDGE_NU0), mu=jnp.asarray(_EDGE_MU0)) if isinstance(s, RMSPropState) else s,
+      opt.init(jnp.zeros(_EDGE_M.shape)), is_leaf=lambda s: isinstance(s, RMSPropState),
+  )
+  updates = np.asarray(opt.update(jnp.asarray(_EDGE_GRAD), state, jnp.zeros(_EDGE_M.shape))[0])
+  assert np.isnan(expected[~_EDGE_FINITE]).all(), "the framework's root of a negative number"
+  np.testing.assert_allclose(updates[_EDGE_FINITE], expected[_EDGE_FINITE], rtol=1e-5)
+  np.testing.assert_allclose(updates[~_EDGE_FINITE], -_EDGE_LR * _EDGE_G / np.sqrt(_EDGE_EPS), rtol=1e-5)
