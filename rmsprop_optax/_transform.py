@@ -625,15 +625,18 @@ def build(config: _Config) -> optax.GradientTransformationExtraArgs:
     # count=...), meant for inject_hyperparams' count (to resume at a step), sets every field
     # of that name, this state's too.
     counts = keep_count or getattr(state, "count", None) is not None
-    _validation.check_state(
-        config.fn, state, RMSPropState,
-        {"count": counts, "mu": config.centered, "trace": use_momentum,
-         "log_decay_product": sums_logs},
-    )
-    _validation.check_state_buffers(
-        config.fn,
-        {name: getattr(state, name) for name in ("nu", "mu", "trace") if getattr(state, name) is not None},
-    )
+    expected = {"count": counts, "log_decay_product": sums_logs}
+    # Params given as None (no tree at all: an empty group of optax.multi_transform's, say)
+    # have buffers that are None too, as a buffer this configuration does not keep is.
+    no_params = getattr(state, "nu", None) is None
+    if not no_params:
+      expected.update(mu=config.centered, trace=use_momentum)
+    _validation.check_state(config.fn, state, RMSPropState, expected)
+    if not no_params:
+      _validation.check_state_buffers(
+          config.fn,
+          {name: getattr(state, name) for name in ("nu", "mu", "trace") if getattr(state, name) is not None},
+      )
     _validation.check_update_inputs(
         config.fn, updates, state.nu, params,
         "weight_decay" if use_weight_decay else None,

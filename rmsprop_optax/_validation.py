@@ -453,7 +453,7 @@ def check_update_inputs(
           "on the parameters you optimize."
       )
   if needs_params is not None:
-    if params is None:
+    if params is None and update_def.num_leaves:  # a tree without leaves needs none
       raise ValueError(
           f"{fn}.update: {needs_params} needs the current parameters, but params=None was "
           "passed. Call update(grads, state, params)."

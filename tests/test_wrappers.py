@@ -288,6 +288,34 @@ def test_none_leaves_and_masked_nodes_are_skipped():
   helpers.assert_close_to_scale([optax.apply_updates(params, updates)["w"]], ref.step([w], [g]), rtol=1e-6)
 
 
+NONE_PARAMS_CASES = [
+    {}, {"momentum": 0.9}, {"centered": True}, {"centered": True, "momentum": 0.9, "nesterov": True},
+    {"bias_correction": True}, {"weight_decay": 0.1}, {"decay": optax.linear_schedule(0.9, 0.99, 10)},
+]
+
+
+@pytest.mark.parametrize("kwargs", NONE_PARAMS_CASES, ids=[",".join(c) or "plain" for c in NONE_PARAMS_CASES])
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_params_that_are_none_as_a_whole_update_to_none_as_in_optax(kwargs, use_jit):
+  # Params of None, no tree at all (a group with nothing in it), make buffers of None, which
+  # is also how a buffer that a configuration does not keep is marked.
+  optax_kwargs = {k: v for k, v in kwargs.items() if k != "weight_decay"}
+  for make in (lambda: optax.rmsprop(0.01, **optax_kwargs), lambda: rmsprop(0.01, **kwargs)):
+    opt = optax.chain(optax.clip_by_global_norm(1.0), make())
+    update = jax.jit(opt.update) if use_jit else opt.update
+    state = opt.init(None)
+    for _ in range(2):
+      with helpers.standard_promotion():  # optax's bias correction mixes a float and the int32 count
+        updates, state = update(None, state, None)
+      assert updates is None
+  ours = state[1]
+  assert ours.nu is None and ours.mu is None and ours.trace is None
+  # The count is kept as with params (the configurations that read it), and counts the steps.
+  kept = rmsprop(0.01, **kwargs).init({"w": jnp.ones(2)}).count is not None
+  assert (ours.count is not None) == kept
+  assert not kept or int(ours.count) == 2
+
+
 class Affine(NamedTuple):
   weight: jax.Array
   shift: jax.Array
