@@ -78,21 +78,25 @@ def _is_real_array(value: Any) -> bool:
   return jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
 
 
+def _binds(value: Any, *args: Any) -> bool:
+  """Whether the callable `value` can be called with `args`, by its signature (False where
+  it has none that Python can read, as some builtins: those are taken as schedules)."""
+  try:
+    inspect.signature(value).bind(*args)
+  except (TypeError, ValueError):
+    return False
+  return True
+
+
 def takes_no_argument(value: Any) -> bool:
   """Whether `value` is a callable that can be called with no argument and not with one."""
-  try:
-    signature = inspect.signature(value)
-  except (TypeError, ValueError):  # a builtin without a signature: taken as a schedule
-    return False
+  return _binds(value) and not _binds(value, 0)
 
-  def binds(*args):
-    try:
-      signature.bind(*args)
-    except TypeError:
-      return False
-    return True
 
-  return binds() and not binds(0)
+def callable_with_no_argument(value: Any) -> bool:
+  """Whether `value` can be called with no argument, its arguments' defaults included: as
+  Keras calls a learning rate that is a callable but not a `LearningRateSchedule`."""
+  return callable(value) and _binds(value)
 
 
 def check_number(fn: str, name: str, value: Any, *, schedulable: bool = True) -> None:

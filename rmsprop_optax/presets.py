@@ -29,8 +29,8 @@ from rmsprop_optax._alias import make
 from rmsprop_optax._state import RMSPropState
 from rmsprop_optax._transform import ScalarOrSchedule, _abs_sq, _as_array, _compute_dtype
 from rmsprop_optax._validation import (
-    check_flag, check_int, check_nonnegative, check_number, concrete_number, is_static_number,
-    is_static_zero, path_at, real_part, takes_no_argument,
+    callable_with_no_argument, check_flag, check_int, check_nonnegative, check_number, concrete_number,
+    is_static_number, is_static_zero, path_at, real_part,
 )
 
 __all__ = ["keras", "optax", "pytorch", "tf1", "timm_tf"]
@@ -167,9 +167,10 @@ def keras(
 
   with :math:`v_0 = 0`, :math:`m` only when centered, and decoupled weight decay applied
   only when ``weight_decay`` is set. Besides a schedule of the step count (a Keras
-  ``LearningRateSchedule`` too), ``learning_rate`` may be a callable of no argument, which
-  Keras calls for the current value: it is called at every update (under ``jit``, once per
-  trace, as in a Keras train step compiled by JAX).
+  ``LearningRateSchedule`` too), ``learning_rate`` may be any other callable that can be
+  called with no argument (``lambda: 0.01``, or ``lambda step=0: ...`` with its default):
+  Keras calls it so for the current value, and the preset does too, at every update (under
+  ``jit``, once per trace, as in a Keras train step compiled by JAX).
 
   Keras's gradient clipping, at most one of the three, is applied to the gradients first,
   with Keras's arithmetic: ``clipnorm`` scales each leaf's gradient to an L2 norm of at most
@@ -215,7 +216,7 @@ def keras(
           f"gradient_accumulation_steps={steps!r}. Pass the number of micro-batches to "
           "average per step, or None to step on every gradient."
       )
-  if callable(learning_rate) and takes_no_argument(learning_rate):
+  if callable_with_no_argument(learning_rate):
     current = learning_rate
     learning_rate = lambda count: current()  # noqa: E731
   if steps is not None:

@@ -125,12 +125,15 @@ def test_keras_preset_matches_keras_optimizers_rmsprop(centered, momentum, weigh
   helpers.assert_close_to_scale(ours, expected)
 
 
-def test_keras_preset_takes_a_learning_rate_of_no_argument_as_keras_does():
+@pytest.mark.parametrize(
+    "learning_rate", [lambda: 0.002, lambda step=0: 0.002 * 0.5**step], ids=["no_argument", "a_default"]
+)
+def test_keras_preset_takes_a_learning_rate_of_no_argument_as_keras_does(learning_rate):
   # Keras calls a callable learning rate with no argument (and a LearningRateSchedule with
-  # the step); the preset does the same.
+  # the step), one whose argument has a default too; the preset does the same.
   problem = helpers.Quadratic(SHAPES, seed=41, steps=STEPS)
-  expected = _keras_run(problem, None, learning_rate=lambda: 0.002, rho=0.9, momentum=0.5)
-  ours = helpers.run_optax(presets.keras(learning_rate=lambda: 0.002, rho=0.9, momentum=0.5), problem, STEPS)
+  expected = _keras_run(problem, None, learning_rate=learning_rate, rho=0.9, momentum=0.5)
+  ours = helpers.run_optax(presets.keras(learning_rate=learning_rate, rho=0.9, momentum=0.5), problem, STEPS)
   helpers.assert_close_to_scale(ours, expected)
 
 
