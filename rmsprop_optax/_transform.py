@@ -801,7 +801,12 @@ def validate(config: _Config) -> _Config:
       _validation.check_number(fn, name(arg), value)
   _validation.check_number(fn, name("initial_scale"), config.initial_scale, schedulable=False)
   if config.learning_rate is not None:
-    _validation.check_nonnegative(fn, name("learning_rate"), config.learning_rate, "the step size")
+    # rmsprop and presets.pytorch take `maximize`; the other presets, like their frameworks, do not.
+    ascend = "pass maximize=True" if config.fn in ("rmsprop", "presets.pytorch") else "negate the objective"
+    _validation.check_nonnegative(
+        fn, name("learning_rate"), config.learning_rate, "the step size",
+        f"To climb an objective rather than descend it, keep the step size positive and {ascend}.",
+    )
   _validation.check_unit_interval(fn, name("decay"), config.decay, "the weight the average keeps each step")
   _validation.check_nonnegative(fn, name("eps"), config.eps, "added to the denominator for stability")
   _validation.check_nonnegative(

@@ -217,15 +217,17 @@ def check_unit_interval(fn: str, name: str, value: Any, meaning: str) -> None:
     )
 
 
-def check_nonnegative(fn: str, name: str, value: Any, meaning: str) -> None:
-  """Checks that a concrete value is finite and at least 0."""
+def check_nonnegative(fn: str, name: str, value: Any, meaning: str, negative_fix: str = "") -> None:
+  """Checks that a concrete value is finite and at least 0; `negative_fix`, if given, is
+  added to the message for a negative one."""
   number = concrete_number(value)
   if number is None:
     return
   if not (math.isfinite(number) and number >= 0.0):
+    fix = f" {negative_fix}" if negative_fix and number < 0 else ""
     raise ValueError(
         f"{fn}: `{name}` must be a finite number >= 0 ({meaning}), but got "
-        f"{name}={value!r}. Pass a non-negative finite value."
+        f"{name}={value!r}. Pass a non-negative finite value.{fix}"
     )
 
 

@@ -40,6 +40,19 @@ def test_negative_or_non_finite_learning_rate_is_rejected(value):
     rmsprop(value)
 
 
+@pytest.mark.parametrize("build,fix", [
+    (lambda lr: rmsprop(lr), "pass maximize=True"),
+    (lambda lr: presets.pytorch(lr), "pass maximize=True"),
+    (lambda lr: presets.keras(lr), "negate the objective"),  # Keras has no maximize
+], ids=["rmsprop", "pytorch", "keras"])
+def test_a_negative_learning_rate_is_pointed_to_a_way_to_climb(build, fix):
+  with pytest.raises(ValueError, match=r"keep the step size positive and " + fix):
+    build(-0.01)
+  with pytest.raises(ValueError) as error:  # not for a rate that is not finite
+    build(float("nan"))
+  assert "climb" not in str(error.value)
+
+
 def test_concrete_array_hyperparameters_are_checked_too():
   with pytest.raises(ValueError, match=r"`decay` must be in \[0, 1\)"):
     rmsprop(0.1, decay=jnp.asarray(2.0))
