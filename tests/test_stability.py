@@ -456,6 +456,31 @@ def test_tree_set_of_the_count_to_resume_a_run_keeps_the_update_working(use_jit)
   helpers.assert_close_to_scale(params, expected, rtol=2e-5, what="count set by tree_set")
 
 
+def _steps_counted(opt):
+  params = {"w": jnp.ones(3)}
+  state = opt.init(params)
+  for _ in range(3):
+    state = opt.update({"w": jnp.full(3, 0.5)}, state, params)[1]
+  return state
+
+
+@pytest.mark.parametrize("wrap", ["inject_hyperparams", "scale_by_schedule"])
+def test_tree_get_of_the_count_with_the_readmes_filter_finds_what_optax_finds(wrap):
+  # The state's unused count field holds None, which tree_get finds by name as well: the
+  # README's filter leaves it out, and the count found is the one Optax's RMSProp gives.
+  def build(make):
+    if wrap == "inject_hyperparams":
+      return optax.inject_hyperparams(make)(learning_rate=0.1)
+    return optax.chain(make(1.0), optax.scale_by_schedule(optax.linear_schedule(0.1, 0.0, 10)))
+
+  expected = optax.tree_utils.tree_get(_steps_counted(build(optax.rmsprop)), "count")
+  state = _steps_counted(build(rmsprop))
+  found = optax.tree_utils.tree_get(state, "count", filtering=lambda path, value: value is not None)
+  assert int(expected) == int(found) == 3
+  with pytest.raises(KeyError, match="multiple values"):  # as the README says, unfiltered
+    optax.tree_utils.tree_get(state, "count")
+
+
 def test_a_count_set_as_a_python_int_works_outside_jit_with_stochastic_rounding():
   # The rounding draws its bits from the count. A count set by hand as a Python int (the
   # README's tree_set(state, count=100)) must give, outside jit, the bits an int32 100 gives.
