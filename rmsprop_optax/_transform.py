@@ -324,7 +324,8 @@ def _precondition(
       # Where it is not (their NaN, or inf at 0), the variance is taken as 0: the root of eps.
       # A NaN average fails the comparison and stays NaN.
       radicand = lax.add(lax.sub(nu_hat, mu_sq), r.eps)
-      radicand = jnp.where(lax.le(radicand, np.zeros((), rdt)[()]), r.eps, radicand)
+      eps = lax.broadcast_in_dim(r.eps, radicand.shape, ())
+      radicand = lax.select(lax.le(radicand, np.zeros((), rdt)[()]), eps, radicand)
       return lax.mul(g, _cast(lax.rsqrt(radicand), cdt))
     else:
       # Clamped at 0, where PyTorch's root of a negative number is NaN, as v - min(m^2, v),
