@@ -278,7 +278,7 @@ def jax_grads(problem: Problem) -> tuple[dict, dict]:
   Contenders step on the two in turn. On one fixed gradient a centered step's variance
   `v - m**2` falls to 0 within a few hundred steps, and Optax's and PyTorch's steps then take
   roots of rounding errors below 0: NaN, on which PyTorch's centered step ran 4.8 times
-  slower (1e6 parameters, 15 rounds; ours clamps the variance at 0). Alternating signs
+  slower (1e6 parameters, 15 rounds; ours takes the variance as 0 there). Alternating signs
   keeps the variance near `g**2`, and every state and parameter bounded, as in training.
   The negation is NumPy's: on the device, each new leaf shape would compile a kernel of its
   own (35 ms each here: 35 s for a thousand leaves of different shapes).
