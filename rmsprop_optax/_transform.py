@@ -324,8 +324,9 @@ def _precondition(
       # Where it is not (their NaN, or inf at 0), the variance is taken as 0: the root of eps.
       # A NaN average fails the comparison and stays NaN.
       radicand = lax.add(lax.sub(nu_hat, mu_sq), r.eps)
-      eps = lax.broadcast_in_dim(r.eps, radicand.shape, ())
-      radicand = lax.select(lax.le(radicand, np.zeros((), rdt)[()]), eps, radicand)
+      # full_like: eps with the radicand's sharding (explicit mesh axes) and, inside
+      # shard_map, its variance over the mesh, as select needs of its operands.
+      radicand = lax.select(lax.le(radicand, np.zeros((), rdt)[()]), lax.full_like(radicand, r.eps), radicand)
       return lax.mul(g, _cast(lax.rsqrt(radicand), cdt))
     else:
       # Clamped at 0, where PyTorch's root of a negative number is NaN, as v - min(m^2, v),

@@ -395,7 +395,7 @@ def test_compiled_update_has_no_collective_and_keeps_the_state_sharded(config):
     _assert_same_layout(new_params[name], param, f"{config} params[{name!r}] after updates")
 
 
-@pytest.mark.parametrize("config", ["plain", "bf16_state_stochastic_rounding"])
+@pytest.mark.parametrize("config", list(CONFIGS))
 def test_compiled_update_has_no_collective_with_explicit_mesh_axes(config):
   mesh = _mesh((4, 2), ("rows", "cols"), AxisType.Explicit)
   params, _, text, new_params, state = _sharded_run(CONFIGS[config](), mesh, AxisType.Explicit)
