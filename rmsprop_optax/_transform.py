@@ -437,7 +437,28 @@ def _for_recomputing(buffers: list) -> list:
   """
   if not _in_a_trace(jax.tree.leaves(buffers)):
     return buffers
-  return lax.platform_dependent(buffers, cpu=lax.optimization_barrier, default=lambda same: same)
+  return lax.platform_dependent(buffers, cpu=_barrier, default=lambda same: same)
+
+
+def _barrier(buffers: Any) -> Any:
+  """`buffers` through one optimization barrier, or, inside `shard_map` where its arrays vary
+  over different mesh axes (a sharded leaf beside a replicated one), through one barrier per
+  set of axes: a barrier's outputs vary over every axis that any of its inputs varies over,
+  and the untouched branch of `_for_recomputing` must give the same types."""
+  leaves, treedef = jax.tree.flatten(buffers)
+  groups: dict[Any, list[int]] = {}
+  for index, leaf in enumerate(leaves):
+    # The axes an array varies over: `manual_axis_type` in newer JAX, `vma` in older.
+    aval = jax.typeof(leaf)
+    varies = repr((getattr(aval, "manual_axis_type", None), getattr(aval, "vma", None)))
+    groups.setdefault(varies, []).append(index)
+  if len(groups) <= 1:
+    return lax.optimization_barrier(buffers)
+  out = list(leaves)
+  for indices in groups.values():
+    for index, leaf in zip(indices, lax.optimization_barrier([leaves[i] for i in indices])):
+      out[index] = leaf
+  return treedef.unflatten(out)
 
 
 _MULTI_OUTPUT_FUSION = "xla_cpu_use_multi_output_fusion"

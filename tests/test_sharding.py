@@ -21,7 +21,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rmsprop_optax import RMSPropState, presets, rmsprop, scale_by_rms
+from rmsprop_optax import RMSPropState, _transform, presets, rmsprop, scale_by_rms
 from rmsprop_optax._state import filled_like
 
 import helpers
@@ -454,6 +454,49 @@ def test_caution_inside_shard_map_keeps_each_shards_own_fraction():
   whole = two_steps(params, first, second)
   np.testing.assert_allclose(sharded, per_shard, rtol=1e-6)
   assert not np.allclose(sharded, whole, rtol=1e-3)
+
+
+# Ours and Optax's equivalent, each run inside shard_map below.
+SHARD_MAP_CASES = {
+    "plain": (lambda: rmsprop(0.05), lambda: optax.rmsprop(0.05)),
+    "centered": (lambda: rmsprop(0.05, centered=True), lambda: optax.rmsprop(0.05, centered=True)),
+    "nesterov": (lambda: rmsprop(0.05, momentum=0.9, nesterov=True),
+                 lambda: optax.rmsprop(0.05, momentum=0.9, nesterov=True)),
+    "coupled_weight_decay": (lambda: rmsprop(0.05, weight_decay=0.1),
+                             lambda: optax.chain(optax.add_decayed_weights(0.1), optax.rmsprop(0.05))),
+}
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["default_form", "merged_form"])
+@pytest.mark.parametrize("case", list(SHARD_MAP_CASES))
+def test_update_inside_shard_map_takes_a_sharded_and_a_replicated_leaf_as_optax_does(case, merged, monkeypatch):
+  # A kernel split over the mesh beside a replicated bias: inside shard_map the two vary over
+  # different mesh axes, which the values the step computes twice (Nesterov's, coupled weight
+  # decay's, every output's in the form for XLA's multi-output fusion) must keep apart.
+  if merged:
+    monkeypatch.setattr(_transform, "_cpu_fuses_sibling_loops", lambda: True)
+  mesh = jax.make_mesh((8,), ("d",), axis_types=(AxisType.Auto,))
+  specs = {"kernel": P("d", None), "bias": P()}
+  rng = np.random.default_rng(11)
+  shapes = {"kernel": (16, 3), "bias": (3,)}
+  trees = [{k: rng.normal(size=v).astype(np.float32) for k, v in shapes.items()} for _ in range(3)]
+  placed = [{k: jax.device_put(t[k], NamedSharding(mesh, specs[k])) for k in t} for t in trees]
+
+  def run(make):
+    opt = make()
+
+    def two_steps(params, g1, g2):
+      state = opt.init(params)
+      for g in (g1, g2):
+        updates, state = opt.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+      return params
+
+    return jax.jit(jax.shard_map(two_steps, mesh=mesh, in_specs=(specs,) * 3, out_specs=specs))(*placed)
+
+  ours, expected = (run(make) for make in SHARD_MAP_CASES[case])
+  for name in shapes:
+    helpers.assert_close_to_scale([np.asarray(ours[name])], [np.asarray(expected[name])], rtol=1e-6, what=name)
 
 
 def _assert_close_per_dtype(actual, expected, what):
