@@ -68,7 +68,10 @@ def filled_like(x: jax.Array, value: float, dtype: Any) -> jax.Array:
     # Not under jit or eval_shape (where fill would be a tracer): an array to place.
     sharding = x.sharding if x.committed else None
     if sharding is None or isinstance(sharding, (NamedSharding, SingleDeviceSharding)):
-      return jax.lax.full(x.shape, fill, dtype, sharding=sharding)
+      # From the host value: for a scalar x, `full` of an array fill returns that very array,
+      # and a buffer that is also a hyperparameter (`initial_scale` under inject_hyperparams)
+      # could not be donated with the state, which would hold it twice.
+      return jax.lax.full(x.shape, np.asarray(fill), dtype, sharding=sharding)
   real = jnp.real(x)
   source = (x if jnp.issubdtype(dtype, jnp.complexfloating) else real).astype(dtype)
   # Tested on the real part: a complex number is both NaN and infinite when one part is NaN

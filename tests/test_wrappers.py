@@ -288,6 +288,31 @@ def test_none_leaves_and_masked_nodes_are_skipped():
   helpers.assert_close_to_scale([optax.apply_updates(params, updates)["w"]], ref.step([w], [g]), rtol=1e-6)
 
 
+def test_injected_state_of_a_scalar_param_can_be_donated():
+  # Under inject_hyperparams init gets initial_scale as a float32 array, and a scalar param's
+  # average filled from it must be a buffer of its own: the state holds both, and a step that
+  # donates the state donates each buffer once. (Optax's init returns the same buffer twice.)
+  make_params = lambda: {"temperature": jnp.float32(1.5), "w": jnp.linspace(-1.0, 1.0, 3)}  # noqa: E731
+  params = make_params()
+  grads = {"temperature": jnp.float32(0.3), "w": jnp.asarray([0.2, -0.1, 0.4])}
+  opt = optax.inject_hyperparams(rmsprop)(learning_rate=0.05)
+  step = jax.jit(lambda p, s: _apply(opt, p, s, grads), donate_argnums=(0, 1))
+  state = opt.init(params)
+  reference = optax.inject_hyperparams(optax.rmsprop)(learning_rate=0.05)
+  expected = make_params()
+  expected_state = reference.init(expected)
+  for _ in range(2):
+    params, state = step(params, state)
+    expected, expected_state = _apply(reference, expected, expected_state, grads)  # not donated
+  for name in params:
+    helpers.assert_close_to_scale([np.asarray(params[name])], [np.asarray(expected[name])], rtol=1e-6, what=name)
+
+
+def _apply(opt, params, state, grads):
+  updates, state = opt.update(grads, state, params)
+  return optax.apply_updates(params, updates), state
+
+
 NONE_PARAMS_CASES = [
     {}, {"momentum": 0.9}, {"centered": True}, {"centered": True, "momentum": 0.9, "nesterov": True},
     {"bias_correction": True}, {"weight_decay": 0.1}, {"decay": optax.linear_schedule(0.9, 0.99, 10)},
