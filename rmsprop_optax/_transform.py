@@ -450,8 +450,7 @@ def _barrier(buffers: Any) -> Any:
   for index, leaf in enumerate(leaves):
     # The axes an array varies over: `manual_axis_type` in newer JAX, `vma` in older.
     aval = jax.typeof(leaf)
-    varies = repr((getattr(aval, "manual_axis_type", None), getattr(aval, "vma", None)))
-    groups.setdefault(varies, []).append(index)
+    groups.setdefault((getattr(aval, "manual_axis_type", None), getattr(aval, "vma", None)), []).append(index)
   if len(groups) <= 1:
     return lax.optimization_barrier(buffers)
   out = list(leaves)
