@@ -8,6 +8,7 @@ state after a rejected NaN step).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import chex
@@ -29,11 +30,12 @@ def _jnp(leaves):
   return [jnp.asarray(x) for x in leaves]
 
 
-def _step_fn(opt, promotion=None):
+def _step_fn(opt, promotion=None, donate=False):
   """A jitted step returning params, state and updates. `promotion` is a context for wrappers
-  written for JAX's standard promotion (the jit cache keys on it: every call uses it)."""
+  written for JAX's standard promotion (the jit cache keys on it: every call uses it);
+  `donate` donates params and state."""
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
   def jitted(params, state, grads):
     updates, state = opt.update(grads, state, params)
     return optax.apply_updates(params, updates), state, updates
@@ -296,21 +298,17 @@ def test_injected_state_of_a_scalar_param_can_be_donated():
   params = make_params()
   grads = {"temperature": jnp.float32(0.3), "w": jnp.asarray([0.2, -0.1, 0.4])}
   opt = optax.inject_hyperparams(rmsprop)(learning_rate=0.05)
-  step = jax.jit(lambda p, s: _apply(opt, p, s, grads), donate_argnums=(0, 1))
+  step = _step_fn(opt, donate=True)
   state = opt.init(params)
   reference = optax.inject_hyperparams(optax.rmsprop)(learning_rate=0.05)
+  reference_step = _step_fn(reference)  # not donated
   expected = make_params()
   expected_state = reference.init(expected)
   for _ in range(2):
-    params, state = step(params, state)
-    expected, expected_state = _apply(reference, expected, expected_state, grads)  # not donated
+    params, state, _ = step(params, state, grads)
+    expected, expected_state, _ = reference_step(expected, expected_state, grads)
   for name in params:
     helpers.assert_close_to_scale([np.asarray(params[name])], [np.asarray(expected[name])], rtol=1e-6, what=name)
-
-
-def _apply(opt, params, state, grads):
-  updates, state = opt.update(grads, state, params)
-  return optax.apply_updates(params, updates), state
 
 
 NONE_PARAMS_CASES = [
