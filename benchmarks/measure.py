@@ -174,9 +174,14 @@ def cpu_features() -> list[str]:
   return [name for flag, name in wanted.items() if flag in present]
 
 
-def _status_kib(field: str) -> int | None:
-  value = _field("/proc/self/status", field + ":")
+def _kib(path: str, name: str) -> int | None:
+  """A "<name>: <n> kB" line of a /proc file, in KiB; None without it."""
+  value = _field(path, name + ":")
   return None if value is None else int(value.split()[0])
+
+
+def _status_kib(field: str) -> int | None:
+  return _kib("/proc/self/status", field)
 
 
 def faults_per_step(contender, steps: int = 3) -> float:
@@ -267,8 +272,8 @@ def cpu_name() -> str:
 
 
 def memory_total_gib() -> float | None:
-  kib = _field("/proc/meminfo", "MemTotal:")
-  return None if kib is None else int(kib.split()[0]) / 2**20
+  kib = _kib("/proc/meminfo", "MemTotal")
+  return None if kib is None else kib / 2**20
 
 
 def cores() -> int:
